@@ -1,0 +1,60 @@
+# One venv, made from pyproject.toml; every target below sets it up on its own.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/rotor/v1/*.proto)
+GEN_DIR := service
+
+.PHONY: run test acceptance check proto proto-check lint types fmt ci clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+## run: the dev server (SQLite under ./data, 127.0.0.1:50051, a demo client)
+run: $(STAMP)
+	$(BIN)/rotor serve --dev
+
+## test: the project's own tests
+test: $(STAMP)
+	$(BIN)/pytest tests
+
+## acceptance: the shared black-box suite for the contract
+acceptance: $(STAMP)
+	$(BIN)/pytest ../shared/acceptance $(ACCEPTANCE_ARGS)
+
+## proto: regenerate the stubs in service/rotor/v1 from protos/
+proto: $(STAMP)
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
+		--mypy_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) $(PROTOS)
+
+## proto-check: fail when the committed stubs differ from what protos/ generates
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && export PATH=$(BIN):$$PATH && \
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--python_out=$$tmp --grpc_python_out=$$tmp \
+		--mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTOS) && \
+	for f in $$tmp/rotor/v1/*; do \
+		cmp -s $$f $(GEN_DIR)/rotor/v1/$$(basename $$f) || { echo "stale: $(GEN_DIR)/rotor/v1/$$(basename $$f) (run make proto)"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "stubs are up to date"
+
+lint: $(STAMP)
+	$(BIN)/ruff check service clients tests
+	$(BIN)/ruff format --check service clients tests
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format service clients tests
+	$(BIN)/ruff check --fix service clients tests
+
+## check: lint, types and stale stubs
+check: lint types proto-check
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,157 @@
+"""Domain records to rotor.v1 messages (and the few conversions the other way)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from rotor.core import lifecycle
+from rotor.core.errors import InvalidRequest
+from rotor.core.lifecycle import KeyPolicy
+from rotor.core.model import Event, EventType, KeyState, RevokedToken, SigningKey, Snapshot
+from rotor.core.tokens import IssuedTokens
+from rotor.v1 import keys_pb2, token_service_pb2
+
+KEY_STATE = {
+    KeyState.PENDING: keys_pb2.KEY_STATE_PENDING,
+    KeyState.ACTIVE: keys_pb2.KEY_STATE_ACTIVE,
+    KeyState.RETIRED: keys_pb2.KEY_STATE_RETIRED,
+    KeyState.REVOKED: keys_pb2.KEY_STATE_REVOKED,
+    KeyState.EXPIRED: keys_pb2.KEY_STATE_EXPIRED,
+}
+EVENT_TYPE = {
+    EventType.KEY_PUBLISHED: keys_pb2.KEY_EVENT_TYPE_KEY_PUBLISHED,
+    EventType.KEY_ACTIVATED: keys_pb2.KEY_EVENT_TYPE_KEY_ACTIVATED,
+    EventType.KEY_RETIRED: keys_pb2.KEY_EVENT_TYPE_KEY_RETIRED,
+    EventType.KEY_REVOKED: keys_pb2.KEY_EVENT_TYPE_KEY_REVOKED,
+    EventType.KEY_EXPIRED: keys_pb2.KEY_EVENT_TYPE_KEY_EXPIRED,
+    EventType.TOKEN_REVOKED: keys_pb2.KEY_EVENT_TYPE_TOKEN_REVOKED,
+}
+
+MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's own range
+
+
+def timestamp(instant: float) -> timestamp_pb2.Timestamp:
+    seconds = int(instant)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=int((instant - seconds) * 1e9))
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def seconds_of(value: duration_pb2.Duration, field: str) -> float:
+    """A Duration as seconds; InvalidRequest when it is not a valid Duration."""
+    s, n = value.seconds, value.nanos
+    if abs(s) > MAX_DURATION_SECONDS or abs(n) >= 1_000_000_000 or (s > 0 and n < 0) or (s < 0 and n > 0):
+        raise InvalidRequest(
+            f"{field} is not a valid duration (seconds and nanos must share a sign, |nanos| < 1e9)",
+            "INVALID_DURATION",
+            field,
+        )
+    return s + n / 1e9
+
+
+def key(k: SigningKey) -> keys_pb2.Key:
+    msg = keys_pb2.Key(
+        kid=k.kid,
+        alg=k.alg,
+        state=KEY_STATE[k.state],
+        public_jwk_json=k.public_jwk,
+        created_at=timestamp(k.created_at),
+        activates_at=timestamp(k.activates_at),
+        retires_at=timestamp(k.retires_at),
+        expires_at=timestamp(k.expires_at),
+        revocation_reason=k.revocation_reason,
+        tenant=k.tenant,
+    )
+    if k.revoked_at is not None:
+        msg.revoked_at.CopyFrom(timestamp(k.revoked_at))
+    return msg
+
+
+def jwks_json(keys: Sequence[SigningKey]) -> str:
+    return json.dumps({"keys": [json.loads(k.public_jwk) for k in keys]}, separators=(",", ":"))
+
+
+def keyset(
+    issuer: str,
+    tenant: str,
+    keys: Sequence[SigningKey],
+    sequence: int,
+    policy: KeyPolicy,
+    max_cache_age: float,
+) -> keys_pb2.KeySet:
+    live = [k for k in keys if k.state.in_key_set]
+    msg = keys_pb2.KeySet(
+        issuer=issuer,
+        tenant=tenant,
+        keys=[key(k) for k in live],
+        jwks_json=jwks_json(live),
+        sequence=sequence,
+        max_cache_age=duration(max_cache_age),
+    )
+    next_at = lifecycle.next_rotation_at(live, policy)
+    if next_at is not None:
+        msg.next_rotation_at.CopyFrom(timestamp(next_at))
+    return msg
+
+
+def revoked_token(r: RevokedToken) -> keys_pb2.RevokedToken:
+    return keys_pb2.RevokedToken(jti=r.jti, expires_at=timestamp(r.expires_at))
+
+
+class KeySetEncoder:
+    """Builds KeySet and KeyEvent messages with the server's issuer and policy."""
+
+    def __init__(self, issuer: str, policy: KeyPolicy, max_cache_age: float) -> None:
+        self.issuer = issuer
+        self.policy = policy
+        self.max_cache_age = max_cache_age
+
+    def keyset(self, tenant: str, keys: Sequence[SigningKey], sequence: int) -> keys_pb2.KeySet:
+        return keyset(self.issuer, tenant, keys, sequence, self.policy, self.max_cache_age)
+
+    def event(self, event: Event) -> bytes:
+        """A KeyEvent, serialized once for every subscriber."""
+        msg = keys_pb2.KeyEvent(
+            sequence=event.sequence, type=EVENT_TYPE[event.type], occurred_at=timestamp(event.occurred_at)
+        )
+        if event.key is not None:
+            msg.key.CopyFrom(key(event.key))
+            msg.keyset.CopyFrom(self.keyset(event.tenant, event.keyset, event.sequence))
+        if event.revoked is not None:
+            msg.revoked_token.CopyFrom(revoked_token(event.revoked))
+        return msg.SerializeToString()
+
+    def snapshot(self, snap: Snapshot, now: float) -> bytes:
+        return keys_pb2.KeyEvent(
+            sequence=snap.sequence,
+            type=keys_pb2.KEY_EVENT_TYPE_SNAPSHOT,
+            occurred_at=timestamp(now),
+            keyset=self.keyset(snap.tenant, snap.keys, snap.sequence),
+            revoked_tokens=[revoked_token(r) for r in snap.revoked],
+        ).SerializeToString()
+
+    def heartbeat(self, sequence: int, now: float) -> bytes:
+        return keys_pb2.KeyEvent(
+            sequence=sequence, type=keys_pb2.KEY_EVENT_TYPE_HEARTBEAT, occurred_at=timestamp(now)
+        ).SerializeToString()
+
+
+def token_response(t: IssuedTokens) -> token_service_pb2.TokenResponse:
+    msg = token_service_pb2.TokenResponse(
+        access_token=t.access_token,
+        token_type="Bearer",
+        expires_at=timestamp(t.expires_at),
+        refresh_token=t.refresh_token,
+        scope=list(t.scopes),
+        audience=list(t.audiences),
+        key_id=t.key_id,
+    )
+    if t.refresh_expires_at is not None:
+        msg.refresh_expires_at.CopyFrom(timestamp(t.refresh_expires_at))
+    return msg

@@ -1,0 +1,91 @@
+"""One table from domain errors to gRPC status codes, and the code that sends them.
+
+Every error leaves with a message a developer can act on and a
+`google.rpc.Status` detail holding a `google.rpc.ErrorInfo` (domain "rotor").
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc import aio
+
+from rotor.core import errors as e
+
+log = logging.getLogger("rotor.api")
+
+DOMAIN = "rotor"
+Context = aio.ServicerContext[Any, Any]
+
+STATUS_OF: dict[type[e.RotorError], grpc.StatusCode] = {
+    e.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    e.AudienceRequired: grpc.StatusCode.INVALID_ARGUMENT,
+    e.InvalidClient: grpc.StatusCode.UNAUTHENTICATED,
+    e.ClientDisabled: grpc.StatusCode.UNAUTHENTICATED,
+    e.RefreshTokenInvalid: grpc.StatusCode.UNAUTHENTICATED,
+    e.RefreshTokenExpired: grpc.StatusCode.UNAUTHENTICATED,
+    e.RefreshTokenRevoked: grpc.StatusCode.UNAUTHENTICATED,
+    e.RefreshTokenReused: grpc.StatusCode.UNAUTHENTICATED,
+    e.RefreshTokenWrongClient: grpc.StatusCode.UNAUTHENTICATED,
+    e.ScopeNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
+    e.AudienceNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
+    e.SubjectNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
+    e.AdminRequired: grpc.StatusCode.PERMISSION_DENIED,
+    e.TokenNotOwned: grpc.StatusCode.PERMISSION_DENIED,
+    e.SelfApproval: grpc.StatusCode.PERMISSION_DENIED,
+    e.KeyNotFound: grpc.StatusCode.NOT_FOUND,
+    e.OperationNotFound: grpc.StatusCode.NOT_FOUND,
+    e.TenantNotFound: grpc.StatusCode.NOT_FOUND,
+    e.OperationAlreadyApplied: grpc.StatusCode.FAILED_PRECONDITION,
+    e.OperationExpired: grpc.StatusCode.FAILED_PRECONDITION,
+    e.KeyNotRevocable: grpc.StatusCode.FAILED_PRECONDITION,
+    e.TooManyWatchers: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.WatcherTooSlow: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    e.NoActiveKey: grpc.StatusCode.UNAVAILABLE,
+    e.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_of(error: e.RotorError) -> grpc.StatusCode:
+    return STATUS_OF[type(error)]
+
+
+def rich_status(
+    code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str] | None = None
+) -> bytes:
+    """A serialized google.rpc.Status carrying one ErrorInfo."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {})
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return bytes(status.SerializeToString())
+
+
+async def abort(context: Context, code: grpc.StatusCode, message: str, reason: str) -> NoReturn:
+    await context.abort(
+        code, message, trailing_metadata=(("grpc-status-details-bin", rich_status(code, message, reason)),)
+    )
+    raise AssertionError("unreachable: abort raises")
+
+
+async def abort_with(context: Context, error: e.RotorError) -> NoReturn:
+    """End the call with the status, message and reason of a domain error."""
+    await abort(context, status_of(error), error.message, error.error_reason)
+
+
+async def abort_internal(context: Context, method: str) -> NoReturn:
+    """End the call after an unexpected exception (already logged under `incident`)."""
+    incident = uuid.uuid4().hex[:12]
+    log.exception("unexpected error in %s (incident %s)", method, incident)
+    await abort(
+        context,
+        grpc.StatusCode.INTERNAL,
+        f"internal error (incident {incident}); the server log has the details",
+        "INTERNAL",
+    )

@@ -1,0 +1,261 @@
+"""The rotor.v1 services: TokenService and KeyAdmin.
+
+Each method authenticates, validates and converts, calls the core, and
+converts back. Failures are mapped by the `unary`/`streaming` wrappers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from rotor.api import convert
+from rotor.api.auth import CallerAuth
+from rotor.api.handlers import Context, service, streaming, unary
+from rotor.clock import Clock
+from rotor.core import validation
+from rotor.core.errors import InvalidRequest, ShuttingDown, TooManyWatchers, WatcherTooSlow
+from rotor.core.events import EventHub
+from rotor.core.keys import KeyManager
+from rotor.core.model import Client
+from rotor.core.tokens import TokenService
+from rotor.store import Store
+from rotor.v1 import key_admin_pb2, token_service_pb2
+
+HEARTBEAT_INTERVAL = 10.0  # the contract allows at most 15 s of silence
+
+
+class WatcherLimits:
+    """Caps on open WatchKeyRotations streams: per client, per anonymous peer, and in all."""
+
+    def __init__(self, per_client: int = 100, per_peer: int = 100, total: int = 20_000) -> None:
+        self.per_client, self.per_peer, self.total = per_client, per_peer, total
+        self._open: Counter[str] = Counter()
+        self._count = 0
+
+    @contextlib.contextmanager
+    def hold(self, client: Client | None, peer: str) -> Iterator[None]:
+        who = f"client:{client.client_id}" if client is not None else f"peer:{peer.rsplit(':', 1)[0]}"
+        cap = self.per_client if client is not None else self.per_peer
+        if self._count >= self.total:
+            raise TooManyWatchers("the server holds as many watchers as it allows; retry with backoff")
+        if self._open[who] >= cap:
+            raise TooManyWatchers(
+                f"{who.split(':', 1)[0]} already holds {cap} WatchKeyRotations streams; share one per process"
+            )
+        self._open[who] += 1
+        self._count += 1
+        try:
+            yield
+        finally:
+            self._open[who] -= 1
+            if not self._open[who]:
+                del self._open[who]
+            self._count -= 1
+
+
+class KeySetCache:
+    """GetKeySet's response per tenant, encoded once and rebuilt only after an event."""
+
+    def __init__(
+        self, store: Store, hub: EventHub[bytes], encoder: convert.KeySetEncoder, clock: Clock
+    ) -> None:
+        self._store, self._hub, self._encoder, self._clock = store, hub, encoder, clock
+        self._cache: dict[str, tuple[int, bytes]] = {}
+
+    async def get(self, tenant: str) -> bytes:
+        generation = self._hub.generation
+        cached = self._cache.get(tenant)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        snap = await self._store.snapshot(tenant, self._clock.now())
+        encoded = self._encoder.keyset(tenant, snap.keys, snap.sequence).SerializeToString()
+        self._cache[tenant] = (generation, encoded)
+        return encoded
+
+
+class TokenServicer:
+    """rotor.v1.TokenService."""
+
+    def __init__(
+        self,
+        auth: CallerAuth,
+        tokens: TokenService,
+        keys: KeyManager,
+        store: Store,
+        hub: EventHub[bytes],
+        encoder: convert.KeySetEncoder,
+        clock: Clock,
+        limits: WatcherLimits,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
+        self._auth, self._tokens, self._keys, self._store = auth, tokens, keys, store
+        self._hub, self._encoder, self._clock, self._limits = hub, encoder, clock, limits
+        self._keysets = KeySetCache(store, hub, encoder, clock)
+        self._heartbeat = heartbeat_interval
+
+    @unary
+    async def issue(
+        self, request: token_service_pb2.IssueRequest, context: Context
+    ) -> token_service_pb2.TokenResponse:
+        client = await self._auth.require(context.invocation_metadata())
+        ttl = convert.seconds_of(request.ttl, "ttl") if request.HasField("ttl") else None
+        issued = await self._tokens.issue(
+            client,
+            audiences=tuple(request.audience),
+            scopes=tuple(request.scope),
+            ttl=ttl,
+            subject=request.subject,
+        )
+        return convert.token_response(issued)
+
+    @unary
+    async def refresh(
+        self, request: token_service_pb2.RefreshRequest, context: Context
+    ) -> token_service_pb2.TokenResponse:
+        client = await self._auth.require(context.invocation_metadata())
+        issued = await self._tokens.refresh(
+            client, refresh_token=request.refresh_token, scopes=tuple(request.scope)
+        )
+        return convert.token_response(issued)
+
+    @unary
+    async def revoke(
+        self, request: token_service_pb2.RevokeRequest, context: Context
+    ) -> token_service_pb2.RevokeResponse:
+        client = await self._auth.require(context.invocation_metadata())
+        revoked = await self._tokens.revoke(client, token=request.token, reason=request.reason)
+        return token_service_pb2.RevokeResponse(revoked=revoked)
+
+    @unary
+    async def get_key_set(self, request: token_service_pb2.GetKeySetRequest, context: Context) -> bytes:
+        tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
+        return await self._keysets.get(tenant)
+
+    @streaming
+    async def watch_key_rotations(
+        self, request: token_service_pb2.WatchKeyRotationsRequest, context: Context
+    ) -> AsyncIterator[bytes]:
+        tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
+        client = await self._auth.optional(context.invocation_metadata())
+        with self._limits.hold(client, context.peer()):
+            sub = self._hub.subscribe(tenant)  # before reading: nothing committed from now on is missed
+            try:
+                last = request.after_sequence
+                if await self._can_resume(tenant, last):
+                    while events := await self._store.events_after(last, tenant):
+                        for stored in events:
+                            yield self._encoder.event(stored.decode())
+                            last = stored.sequence
+                else:
+                    snap = await self._store.snapshot(tenant, self._clock.now())
+                    yield self._encoder.snapshot(snap, self._clock.now())
+                    last = snap.sequence
+                while True:
+                    delivery = await sub.next(self._heartbeat)
+                    if delivery is not None:
+                        if delivery.event.sequence > last:
+                            yield delivery.encoded
+                            last = delivery.event.sequence
+                    elif sub.closed == "shutdown":
+                        raise ShuttingDown(
+                            f"the server is shutting down; reconnect with after_sequence={last}"
+                        )
+                    elif sub.closed:
+                        raise WatcherTooSlow(
+                            f"this watcher fell too far behind and was cut off; reconnect with after_sequence={last}"
+                        )
+                    else:
+                        yield self._encoder.heartbeat(last, self._clock.now())
+            finally:
+                self._hub.unsubscribe(sub)
+
+    async def _can_resume(self, tenant: str, after: int) -> bool:
+        """Whether every event after `after` is still in the log (else the watcher gets a snapshot)."""
+        if after == 0:
+            return False
+        return await self._store.pruned_through() <= after <= await self._store.last_sequence(tenant)
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        return service(
+            "rotor.v1.TokenService",
+            {
+                "Issue": (self.issue, token_service_pb2.IssueRequest),
+                "Refresh": (self.refresh, token_service_pb2.RefreshRequest),
+                "Revoke": (self.revoke, token_service_pb2.RevokeRequest),
+                "GetKeySet": (self.get_key_set, token_service_pb2.GetKeySetRequest),
+            },
+            {"WatchKeyRotations": (self.watch_key_rotations, token_service_pb2.WatchKeyRotationsRequest)},
+        )
+
+
+class KeyAdminServicer:
+    """rotor.v1.KeyAdmin: admin clients only."""
+
+    def __init__(self, auth: CallerAuth, keys: KeyManager) -> None:
+        self._auth, self._keys = auth, keys
+
+    @unary
+    async def rotate_keys(
+        self, request: key_admin_pb2.RotateKeysRequest, context: Context
+    ) -> key_admin_pb2.RotateKeysResponse:
+        admin = await self._auth.require_admin(context.invocation_metadata())
+        tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
+        reason = validation.reason(request.reason) or f"requested by {admin.client_id}"
+        key = await self._keys.rotate(tenant, immediate=request.immediate, reason=reason)
+        return key_admin_pb2.RotateKeysResponse(key=convert.key(key))
+
+    @unary
+    async def revoke_key(
+        self, request: key_admin_pb2.RevokeKeyRequest, context: Context
+    ) -> key_admin_pb2.RevokeKeyResponse:
+        admin = await self._auth.require_admin(context.invocation_metadata())
+        kid = _required(validation.identifier(request.kid, "kid"), "kid")
+        revocation = await self._keys.revoke(
+            kid, reason=validation.reason(request.reason), actor=admin.client_id
+        )
+        return key_admin_pb2.RevokeKeyResponse(
+            key=convert.key(revocation.key),
+            operation_id=revocation.operation_id,
+            pending_approval=revocation.pending_approval,
+        )
+
+    @unary
+    async def approve_operation(
+        self, request: key_admin_pb2.ApproveOperationRequest, context: Context
+    ) -> key_admin_pb2.ApproveOperationResponse:
+        admin = await self._auth.require_admin(context.invocation_metadata())
+        operation_id = _required(validation.identifier(request.operation_id, "operation_id"), "operation_id")
+        key = await self._keys.approve(operation_id, actor=admin.client_id)
+        return key_admin_pb2.ApproveOperationResponse(key=convert.key(key))
+
+    @unary
+    async def list_keys(
+        self, request: key_admin_pb2.ListKeysRequest, context: Context
+    ) -> key_admin_pb2.ListKeysResponse:
+        await self._auth.require_admin(context.invocation_metadata())
+        tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
+        keys = await self._keys.list_keys(tenant, include_expired=request.include_expired)
+        return key_admin_pb2.ListKeysResponse(keys=[convert.key(k) for k in keys])
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        return service(
+            "rotor.v1.KeyAdmin",
+            {
+                "RotateKeys": (self.rotate_keys, key_admin_pb2.RotateKeysRequest),
+                "RevokeKey": (self.revoke_key, key_admin_pb2.RevokeKeyRequest),
+                "ApproveOperation": (self.approve_operation, key_admin_pb2.ApproveOperationRequest),
+                "ListKeys": (self.list_keys, key_admin_pb2.ListKeysRequest),
+            },
+            {},
+        )
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidRequest(f"{field} is required", "FIELD_REQUIRED", field)
+    return value

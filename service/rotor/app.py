@@ -1,0 +1,176 @@
+"""Wiring: one running Rotor server, from a Config to a listening gRPC port.
+
+Start-up order matters: the store and the key-encryption key first, then the
+first tick of the rotator (which creates the first key on a new store), then
+the hub, then the port; health says SERVING only once a key is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from grpc import aio
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rotor.api import reflection
+from rotor.api.auth import CallerAuth
+from rotor.api.convert import KeySetEncoder
+from rotor.api.servicers import HEARTBEAT_INTERVAL, KeyAdminServicer, TokenServicer, WatcherLimits
+from rotor.clock import Clock, SystemClock
+from rotor.config import Config
+from rotor.core.clients import Authenticator
+from rotor.core.crypto import AesGcmSealer, load_kek
+from rotor.core.events import EventHub
+from rotor.core.keys import KeyManager, KeyRing
+from rotor.core.lifecycle import KeyPolicy
+from rotor.core.model import Event
+from rotor.core.rotation import Rotator
+from rotor.core.tokens import TokenPolicy, TokenService
+from rotor.store.sqlite import SqliteStore
+
+log = logging.getLogger("rotor.server")
+
+SERVICES = ("rotor.v1.TokenService", "rotor.v1.KeyAdmin")
+MAX_MESSAGE = 4 * 1024 * 1024
+MAX_METADATA = 8 * 1024
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_metadata_size", MAX_METADATA),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def key_policy(config: Config) -> KeyPolicy:
+    k, t = config.keys, config.tokens
+    return KeyPolicy(
+        rotation_period=k.rotation_period,
+        publish_lead=k.publish_lead,
+        max_access_ttl=t.max_access_ttl,
+        clock_skew=k.clock_skew,
+    )
+
+
+class RotorServer:
+    """Everything one server process runs, started and stopped together."""
+
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, heartbeat_interval: float = HEARTBEAT_INTERVAL
+    ):
+        self.config = config
+        self.clock = clock or SystemClock()
+        self._heartbeat_interval = heartbeat_interval
+        self.port = 0
+        self.kek_created = False
+
+    async def start(self) -> None:
+        config = self.config
+        self.store = await SqliteStore.open(config.sqlite_path)
+        kek, self.kek_created = load_kek(os.environ.get("ROTOR_KEK"), config.kek_path, create=True)
+        if self.kek_created:
+            log.warning(
+                "generated a key-encryption key at %s (mode 0600); keep it off the database's backups, "
+                "or set ROTOR_KEK",
+                config.kek_path,
+            )
+        sealer = AesGcmSealer(kek)
+        policy = key_policy(config)
+        self.keyring = KeyRing(self.store, sealer)
+        self.keys = KeyManager(
+            self.store,
+            sealer,
+            self.keyring,
+            self.clock,
+            policy,
+            algorithm=config.keys.algorithm,
+            rsa_bits=config.keys.rsa_bits,
+            require_approval=config.keys.require_approval,
+        )
+        self.tokens = TokenService(
+            self.store,
+            self.keyring,
+            self.clock,
+            TokenPolicy(
+                issuer=config.issuer,
+                access_ttl=config.tokens.access_ttl,
+                max_access_ttl=config.tokens.max_access_ttl,
+                refresh_ttl=config.tokens.refresh_ttl,
+                refresh_family_ttl=config.tokens.refresh_family_ttl,
+                clock_skew=config.keys.clock_skew,
+            ),
+        )
+        self.encoder = KeySetEncoder(config.issuer, policy, config.keys.max_cache_age)
+        self.hub: EventHub[bytes] = EventHub(self.store, self.encoder.event, on_event=self._on_event)
+        self.rotator = Rotator(self.keys, self.store, self.clock)
+
+        for tenant in self.keys.tenants:
+            await self.keyring.refresh(tenant)
+        await self.rotator.tick()  # the first key on a new store, and anything due while we were down
+        await self.hub.start()
+        self.rotator.start()
+
+        self.health = health_aio.HealthServicer()
+        self.server = aio.server(options=GRPC_OPTIONS)
+        auth = CallerAuth(Authenticator(self.store, self.clock))
+        self.server.add_generic_rpc_handlers(
+            (
+                TokenServicer(
+                    auth,
+                    self.tokens,
+                    self.keys,
+                    self.store,
+                    self.hub,
+                    self.encoder,
+                    self.clock,
+                    WatcherLimits(),
+                    self._heartbeat_interval,
+                ).handler(),
+                KeyAdminServicer(auth, self.keys).handler(),
+            )
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable(
+            self.server, [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        )
+        self.port = self.server.add_insecure_port(config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+        await self.server.start()
+        await self._set_health()
+
+    async def _on_event(self, event: Event) -> None:
+        if event.key is not None:  # a key changed, perhaps in another process: sign with the right one
+            await self.keyring.refresh(event.tenant)
+            await self._set_health()
+
+    async def _set_health(self) -> None:
+        serving = all(self.keyring.has_active(t) for t in self.keys.tenants)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICES):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop gracefully: streams end with UNAVAILABLE, unary calls in flight finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.hub.close()
+        await asyncio.sleep(0.05)  # let the streams send their final status
+        await self.server.stop(grace)
+        await self.rotator.stop()
+        await self.store.close()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def address(listen: str, port: int) -> str:
+    host = listen.rpartition(":")[0]
+    return f"{host}:{port}"

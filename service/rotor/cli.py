@@ -1,0 +1,392 @@
+"""The `rotor` command: serve, manage clients (on the store), manage keys (over gRPC)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rotor.config import Config, ConfigError, load_config
+
+log = logging.getLogger("rotor")
+
+DEMO_CLIENT = "demo"
+DEMO_AUDIENCE = "demo-api"
+DEMO_SCOPES = ("demo.read", "demo.write")
+
+
+class CliError(Exception):
+    """A failure to report in one line, with exit status 1."""
+
+
+# -- serve -----------------------------------------------------------------------
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def _serve(config: Config, dev: bool) -> int:
+    from rotor.app import RotorServer, address
+
+    server = RotorServer(config)
+    try:
+        await server.start()
+    except OSError as e:
+        raise CliError(f"cannot start: {e}") from None
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    where = address(config.listen, server.port)
+    log.info("serving rotor.v1 on %s (store: %s)", where, config.sqlite_path)
+    if dev:
+        await _print_dev_banner(server, where)
+    await stopping.wait()
+    log.info("stopping: ending streams, finishing calls in flight")
+    await server.stop()
+    log.info("stopped")
+    return 0
+
+
+async def _print_dev_banner(server: Any, where: str) -> None:
+    from rotor.core.clients import ClientExists, register_client, reset_secret
+
+    try:
+        secret = (
+            await register_client(
+                server.store,
+                server.clock,
+                DEMO_CLIENT,
+                scopes=DEMO_SCOPES,
+                audiences=(DEMO_AUDIENCE,),
+                admin=True,
+            )
+        ).secret
+    except ClientExists:
+        secret = await reset_secret(server.store, DEMO_CLIENT)
+    basic = base64.b64encode(f"{DEMO_CLIENT}:{secret}".encode()).decode()
+    request = json.dumps({"audience": [DEMO_AUDIENCE], "scope": ["demo.read"]})
+    print(
+        f"""
+Rotor dev server on {where} (SQLite under {server.config.data_dir})
+{"Generated" if server.kek_created else "Using"} the dev key-encryption key {server.config.kek_path}.
+
+Demo client (admin; a fresh secret at every start):
+  client_id:     {DEMO_CLIENT}
+  client_secret: {secret}
+
+Try:
+  grpcurl -plaintext -H 'authorization: Basic {basic}' -d '{request}' {where} rotor.v1.TokenService/Issue
+""",
+        flush=True,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.dev and args.config:
+        raise CliError("give either --dev or --config, not both")
+    if not args.dev and not args.config:
+        raise CliError("give --config FILE, or --dev for a local server with no config")
+    config = load_config(args.config) if args.config else Config()
+    _setup_logging()
+    return asyncio.run(_serve(config, args.dev))
+
+
+# -- clients ---------------------------------------------------------------------
+
+
+async def _with_store(config: Config, work: Callable[[Any], Any]) -> Any:
+    from rotor.store.sqlite import SqliteStore
+
+    store = await SqliteStore.open(config.sqlite_path)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def cmd_clients_add(args: argparse.Namespace) -> int:
+    from rotor.clock import SystemClock
+    from rotor.core.clients import ClientExists, register_client
+
+    config = load_config(args.config)
+
+    async def add(store: Any) -> Any:
+        return await register_client(
+            store,
+            SystemClock(),
+            args.name,
+            scopes=args.scope,
+            audiences=args.audience,
+            admin=args.admin,
+            allow_any_subject=args.allow_any_subject,
+        )
+
+    try:
+        registration = asyncio.run(_with_store(config, add))
+    except ClientExists as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        print(json.dumps({"client_id": registration.client.client_id, "client_secret": registration.secret}))
+    else:
+        c = registration.client
+        print(f"client_id:     {c.client_id}")
+        print(f"client_secret: {registration.secret}")
+        print(f"scopes:        {' '.join(c.scopes) or '-'}")
+        print(f"audiences:     {' '.join(c.audiences) or '-'}")
+        print(f"admin:         {'yes' if c.admin else 'no'}")
+        print("The secret is shown once: only its hash is stored.")
+    return 0
+
+
+def cmd_clients_list(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    clients = asyncio.run(_with_store(config, lambda store: store.list_clients()))
+    rows = [
+        {
+            "client_id": c.client_id,
+            "scopes": list(c.scopes),
+            "audiences": list(c.audiences),
+            "admin": c.admin,
+            "allow_any_subject": c.allow_any_subject,
+            "disabled": c.disabled,
+            "created_at": _iso(c.created_at),
+        }
+        for c in clients
+    ]
+    _output(rows, args.json, ("client_id", "scopes", "audiences", "admin", "disabled", "created_at"))
+    return 0
+
+
+def cmd_clients_disable(args: argparse.Namespace) -> int:
+    from rotor.core.clients import set_disabled
+
+    config = load_config(args.config)
+    client = asyncio.run(_with_store(config, lambda store: set_disabled(store, args.name, True)))
+    print(
+        json.dumps({"client_id": client.client_id, "disabled": True})
+        if args.json
+        else f"disabled {client.client_id}"
+    )
+    return 0
+
+
+# -- keys (over gRPC) ------------------------------------------------------------
+
+
+def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    import grpc
+
+    from rotor.v1 import key_admin_pb2_grpc
+
+    client_id = args.client_id or os.environ.get("ROTOR_CLIENT_ID", "")
+    secret = args.client_secret or os.environ.get("ROTOR_CLIENT_SECRET", "")
+    if not client_id or not secret:
+        raise CliError(
+            "admin credentials needed: --client-id/--client-secret or ROTOR_CLIENT_ID/ROTOR_CLIENT_SECRET"
+        )
+    target = args.target or load_config(args.config).listen
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    with grpc.insecure_channel(target) as channel:
+        stub = key_admin_pb2_grpc.KeyAdminStub(channel)
+        try:
+            return getattr(stub, method)(request, metadata=(("authorization", f"Basic {basic}"),), timeout=30)
+        except grpc.RpcError as e:
+            raise CliError(f"{method} failed: {e.code().name}: {e.details()}") from None
+
+
+def _key_row(key: Any) -> dict[str, Any]:
+    from rotor.v1 import keys_pb2
+
+    def ts(t: Any) -> str:
+        return _iso(t.seconds + t.nanos / 1e9) if t.seconds else ""
+
+    return {
+        "kid": key.kid,
+        "alg": key.alg,
+        "state": keys_pb2.KeyState.Name(key.state).removeprefix("KEY_STATE_").lower(),
+        "created_at": ts(key.created_at),
+        "activates_at": ts(key.activates_at),
+        "retires_at": ts(key.retires_at),
+        "expires_at": ts(key.expires_at),
+        "revoked_at": ts(key.revoked_at),
+        "revocation_reason": key.revocation_reason,
+    }
+
+
+_KEY_COLUMNS = ("kid", "alg", "state", "activates_at", "retires_at", "expires_at")
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from rotor.v1 import key_admin_pb2
+
+    resp = _admin_call(
+        args,
+        "ListKeys",
+        key_admin_pb2.ListKeysRequest(tenant=args.tenant, include_expired=args.include_expired),
+    )
+    _output([_key_row(k) for k in resp.keys], args.json, _KEY_COLUMNS)
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from rotor.v1 import key_admin_pb2
+
+    resp = _admin_call(
+        args,
+        "RotateKeys",
+        key_admin_pb2.RotateKeysRequest(tenant=args.tenant, reason=args.reason, immediate=args.immediate),
+    )
+    _output([_key_row(resp.key)], args.json, _KEY_COLUMNS)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from rotor.v1 import key_admin_pb2
+
+    resp = _admin_call(args, "RevokeKey", key_admin_pb2.RevokeKeyRequest(kid=args.kid, reason=args.reason))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    **_key_row(resp.key),
+                    "operation_id": resp.operation_id,
+                    "pending_approval": resp.pending_approval,
+                }
+            )
+        )
+    elif resp.pending_approval:
+        print(f"revocation of {args.kid} awaits a second admin: rotor keys approve {resp.operation_id}")
+    else:
+        print(f"revoked {resp.key.kid}")
+    return 0
+
+
+def cmd_keys_approve(args: argparse.Namespace) -> int:
+    from rotor.v1 import key_admin_pb2
+
+    resp = _admin_call(
+        args, "ApproveOperation", key_admin_pb2.ApproveOperationRequest(operation_id=args.operation_id)
+    )
+    _output([_key_row(resp.key)], args.json, _KEY_COLUMNS)
+    return 0
+
+
+# -- output ----------------------------------------------------------------------
+
+
+def _iso(instant: float) -> str:
+    return datetime.fromtimestamp(instant, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _output(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[str]) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+
+    def cell(v: Any) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, list):
+            return " ".join(v) or "-"
+        return str(v) or "-"
+
+    table = [list(columns)] + [[cell(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- parser ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rotor", description="Rotor: a gRPC token service with pushed key rotation."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--config", help="TOML config file")
+    serve.add_argument("--dev", action="store_true", help="no config: SQLite under ./data, a demo client")
+    serve.set_defaults(func=cmd_serve)
+
+    clients = sub.add_parser("clients", help="register and manage clients (works on the store directly)")
+    csub = clients.add_subparsers(dest="clients_command", required=True)
+    add = csub.add_parser("add", help="register a client; prints its secret once")
+    add.add_argument("name", help="the client_id")
+    add.add_argument("--scope", action="append", default=[], help="a scope it may ask for (repeatable)")
+    add.add_argument(
+        "--audience", action="append", default=[], help="an audience it may ask for (repeatable)"
+    )
+    add.add_argument("--admin", action="store_true", help="may call KeyAdmin and revoke any token")
+    add.add_argument("--allow-any-subject", action="store_true", help="may name another subject in Issue")
+    add.set_defaults(func=cmd_clients_add)
+    lst = csub.add_parser("list", help="list clients")
+    lst.set_defaults(func=cmd_clients_list)
+    dis = csub.add_parser("disable", help="stop a client from authenticating")
+    dis.add_argument("name")
+    dis.set_defaults(func=cmd_clients_disable)
+    for p in (add, lst, dis):
+        p.add_argument("--config", help="TOML config file (default: the dev settings, ./data)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    keys = sub.add_parser("keys", help="manage signing keys (over gRPC, as an admin client)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    klist = ksub.add_parser("list", help="list keys")
+    klist.add_argument("--include-expired", action="store_true")
+    klist.set_defaults(func=cmd_keys_list)
+    rotate = ksub.add_parser("rotate", help="publish a new key")
+    rotate.add_argument("--immediate", action="store_true", help="sign with it at once")
+    rotate.add_argument("--reason", default="")
+    rotate.set_defaults(func=cmd_keys_rotate)
+    revoke = ksub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("kid")
+    revoke.add_argument("--reason", default="")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    approve = ksub.add_parser("approve", help="approve another admin's operation")
+    approve.add_argument("operation_id")
+    approve.set_defaults(func=cmd_keys_approve)
+    for p in (klist, rotate, revoke, approve):
+        p.add_argument("--target", help="HOST:PORT (default: listen from --config)")
+        p.add_argument("--config", help="TOML config file")
+        p.add_argument("--tenant", default="", help="tenant (default: the default tenant)")
+        p.add_argument("--client-id", help="admin client id (or ROTOR_CLIENT_ID)")
+        p.add_argument("--client-secret", help="admin client secret (or ROTOR_CLIENT_SECRET)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rotor.core.errors import RotorError
+    from rotor.store import StoreError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        for line in e.violations:
+            print(f"rotor: config: {line}", file=sys.stderr)
+        return 2
+    except (CliError, RotorError, StoreError) as e:
+        print(f"rotor: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,243 @@
+"""Configuration: the TOML file, its defaults, and the policy it must obey.
+
+`load_config` returns a `Config` or raises `ConfigError` listing every
+violation, one line each, naming the key and the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ALGORITHMS = ("EdDSA", "ES256", "ES384", "PS256", "RS256")
+MIN_RSA_BITS = 2048
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(Exception):
+    """Raised when a configuration file cannot be read or breaks a policy."""
+
+    def __init__(self, violations: list[str]) -> None:
+        super().__init__("\n".join(violations))
+        self.violations = violations
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as "90s", "10m", "24h", "30d" or "250ms"."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (a number and one of ms, s, m, h, d, e.g. '10m')")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of `seconds` as a config duration."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    algorithm: str = "EdDSA"
+    rotation_period: float = 24 * 3600.0
+    publish_lead: float = 600.0
+    max_cache_age: float = 300.0
+    clock_skew: float = 60.0
+    rsa_bits: int = 3072
+    require_approval: bool = False
+    kek_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokensConfig:
+    access_ttl: float = 300.0
+    max_access_ttl: float = 3600.0
+    refresh_ttl: float = 24 * 3600.0
+    refresh_family_ttl: float = 30 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    issuer: str = "https://tokens.internal"
+    listen: str = "127.0.0.1:50051"
+    http_listen: str = ""
+    data_dir: str = "./data"
+    database_url: str = ""
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.data_dir) / "rotor.db"
+
+    @property
+    def kek_path(self) -> Path:
+        return Path(self.keys.kek_file) if self.keys.kek_file else Path(self.data_dir) / "kek.key"
+
+
+# key -> kind, per table ("" is the top level). Kinds: str, bool, int, duration.
+_SCHEMA: dict[str, dict[str, str]] = {
+    "": {"issuer": "str", "listen": "str", "http_listen": "str", "data_dir": "str", "database_url": "str"},
+    "keys": {
+        "algorithm": "str",
+        "rotation_period": "duration",
+        "publish_lead": "duration",
+        "max_cache_age": "duration",
+        "clock_skew": "duration",
+        "rsa_bits": "int",
+        "require_approval": "bool",
+        "kek_file": "str",
+    },
+    "tokens": {
+        "access_ttl": "duration",
+        "max_access_ttl": "duration",
+        "refresh_ttl": "duration",
+        "refresh_family_ttl": "duration",
+    },
+    "tls": {"cert_file": "str", "key_file": "str", "client_ca_file": "str", "require_client_cert": "bool"},
+}
+
+
+def _convert(name: str, kind: str, raw: Any, violations: list[str]) -> Any:
+    if kind == "duration":
+        if not isinstance(raw, str):
+            violations.append(f'{name}: must be a duration string such as "10m", not {raw!r}')
+            return None
+        try:
+            return parse_duration(raw)
+        except ValueError as e:
+            violations.append(f"{name}: {e}")
+            return None
+    expected = {"str": str, "bool": bool, "int": int}[kind]
+    if not isinstance(raw, expected) or (kind == "int" and isinstance(raw, bool)):
+        violations.append(
+            f"{name}: must be {'a string' if kind == 'str' else 'an integer' if kind == 'int' else 'true or false'}, not {raw!r}"
+        )
+        return None
+    return raw
+
+
+def config_from_dict(doc: dict[str, Any]) -> Config:
+    """A Config from parsed TOML, or ConfigError with every violation."""
+    violations: list[str] = []
+    values: dict[str, dict[str, Any]] = {table: {} for table in _SCHEMA}
+    for key, raw in doc.items():
+        if key in _SCHEMA and key != "" and isinstance(raw, dict):
+            for sub, sub_raw in raw.items():
+                kind = _SCHEMA[key].get(sub)
+                if kind is None:
+                    violations.append(
+                        f"{key}.{sub}: unknown key (known in [{key}]: {', '.join(_SCHEMA[key])})"
+                    )
+                    continue
+                value = _convert(f"{key}.{sub}", kind, sub_raw, violations)
+                if value is not None:
+                    values[key][sub] = value
+        elif key in _SCHEMA[""]:
+            value = _convert(key, _SCHEMA[""][key], raw, violations)
+            if value is not None:
+                values[""][key] = value
+        else:
+            violations.append(f"{key}: unknown key (known: {', '.join([*_SCHEMA[''], *list(_SCHEMA)[1:]])})")
+    if violations:
+        raise ConfigError(violations)
+    config = Config(
+        **values[""],
+        keys=KeysConfig(**values["keys"]),
+        tokens=TokensConfig(**values["tokens"]),
+        tls=TlsConfig(**values["tls"]),
+    )
+    violations = policy_violations(config)
+    if violations:
+        raise ConfigError(violations)
+    return config
+
+
+def policy_violations(config: Config) -> list[str]:
+    """Every rule the configuration breaks, one line each."""
+    out: list[str] = []
+    k, t = config.keys, config.tokens
+    if k.algorithm not in ALGORITHMS:
+        why = (
+            "a shared secret or no signature defeats a public key set"
+            if (k.algorithm.upper().startswith("HS") or k.algorithm.lower() == "none")
+            else "unknown algorithm"
+        )
+        out.append(f"keys.algorithm: {k.algorithm!r} is refused ({why}); use one of {', '.join(ALGORITHMS)}")
+    if k.rsa_bits < MIN_RSA_BITS:
+        out.append(f"keys.rsa_bits: {k.rsa_bits} is under the minimum of {MIN_RSA_BITS}")
+    if k.publish_lead < k.max_cache_age:
+        out.append(
+            f"keys.publish_lead ({format_duration(k.publish_lead)}) must be at least keys.max_cache_age "
+            f"({format_duration(k.max_cache_age)}): a verifier caching the key set could meet a key it never saw"
+        )
+    if k.rotation_period <= k.publish_lead:
+        out.append(
+            f"keys.rotation_period ({format_duration(k.rotation_period)}) must be longer than keys.publish_lead "
+            f"({format_duration(k.publish_lead)})"
+        )
+    if k.rotation_period <= 0:
+        out.append("keys.rotation_period: must be positive")
+    if t.access_ttl <= 0:
+        out.append("tokens.access_ttl: must be positive")
+    if t.max_access_ttl < t.access_ttl:
+        out.append(
+            f"tokens.max_access_ttl ({format_duration(t.max_access_ttl)}) must be at least tokens.access_ttl "
+            f"({format_duration(t.access_ttl)})"
+        )
+    if t.refresh_ttl > 0 and t.refresh_family_ttl < t.refresh_ttl:
+        out.append(
+            f"tokens.refresh_family_ttl ({format_duration(t.refresh_family_ttl)}) must be at least "
+            f"tokens.refresh_ttl ({format_duration(t.refresh_ttl)})"
+        )
+    if not config.issuer:
+        out.append("issuer: must not be empty (it is every token's `iss` claim)")
+    if not _valid_listen(config.listen):
+        out.append(f"listen: {config.listen!r} is not HOST:PORT")
+    if config.http_listen:
+        out.append('http_listen: the HTTP side port is not supported yet; leave it ""')
+    if any(
+        (config.tls.cert_file, config.tls.key_file, config.tls.client_ca_file, config.tls.require_client_cert)
+    ):
+        out.append("tls: TLS is not supported yet; remove the [tls] settings")
+    if config.database_url:
+        out.append('database_url: only the embedded SQLite store is supported yet; leave it ""')
+    return out
+
+
+def _valid_listen(listen: str) -> bool:
+    host, sep, port = listen.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """The configuration in `path` (TOML), or the defaults when `path` is None."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    return config_from_dict(doc)

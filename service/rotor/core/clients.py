@@ -1,0 +1,159 @@
+"""Client registration and authentication.
+
+Secrets are stored only as scrypt hashes. Checking scrypt on every call would
+cap throughput, so the `Authenticator` keeps verified credentials for a short
+while, keyed by a SHA-256 of the secret and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from rotor.clock import Clock
+from rotor.core import validation
+from rotor.core.errors import ClientDisabled, InvalidClient, InvalidRequest, quote
+from rotor.core.model import DEFAULT_TENANT, Client
+from rotor.store import AlreadyExists, Store
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+CACHE_TTL = 30.0  # how long a verified credential is trusted without a store read
+CACHE_SIZE = 10_000
+
+
+def new_secret() -> str:
+    """A fresh client secret: 256 random bits, base64url."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_secret(stored: str, secret: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(
+            secret.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
+        )
+    except (ValueError, UnicodeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+class ClientExists(Exception):
+    """Raised when registering a client id that is taken."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    client: Client
+    secret: str
+
+
+async def register_client(
+    store: Store,
+    clock: Clock,
+    client_id: str,
+    *,
+    scopes: Sequence[str] = (),
+    audiences: Sequence[str] = (),
+    admin: bool = False,
+    allow_any_subject: bool = False,
+    tenant: str = DEFAULT_TENANT,
+) -> Registration:
+    """Register a client with a fresh secret; ClientExists if the id is taken."""
+    if not validation.CLIENT_ID.fullmatch(client_id):
+        raise InvalidRequest(
+            f"client id {quote(client_id)} must be 1-128 letters, digits or ._:@/+- and start with a letter or digit",
+            "INVALID_CLIENT_ID",
+            "client_id",
+        )
+    secret = new_secret()
+    client = Client(
+        client_id=client_id,
+        tenant=tenant,
+        secret_hash=await asyncio.to_thread(hash_secret, secret),
+        scopes=validation.scopes(scopes),
+        audiences=validation.audiences(audiences),
+        admin=admin,
+        allow_any_subject=allow_any_subject,
+        created_at=clock.now(),
+    )
+    try:
+        async with store.transaction() as tx:
+            await tx.insert_client(client)
+    except AlreadyExists:
+        raise ClientExists(f"a client named {client_id!r} exists already") from None
+    return Registration(client, secret)
+
+
+async def reset_secret(store: Store, client_id: str) -> str:
+    """Give an existing client a fresh secret (the old one stops working); returns it."""
+    secret = new_secret()
+    hashed = await asyncio.to_thread(hash_secret, secret)
+    async with store.transaction() as tx:
+        client = await tx.get_client(client_id)
+        if client is None:
+            raise InvalidClient(f"no client named {client_id!r}")
+        await tx.update_client(replace(client, secret_hash=hashed))
+    return secret
+
+
+async def set_disabled(store: Store, client_id: str, disabled: bool) -> Client:
+    async with store.transaction() as tx:
+        client = await tx.get_client(client_id)
+        if client is None:
+            raise InvalidClient(f"no client named {client_id!r}")
+        client = replace(client, disabled=disabled)
+        await tx.update_client(client)
+    return client
+
+
+@dataclass(slots=True)
+class _Verified:
+    digest: bytes
+    client: Client
+    verified_at: float
+
+
+class Authenticator:
+    """Checks client credentials, trusting a verified one for `CACHE_TTL` seconds."""
+
+    def __init__(self, store: Store, clock: Clock, cache_ttl: float = CACHE_TTL) -> None:
+        self._store = store
+        self._clock = clock
+        self._ttl = cache_ttl
+        self._cache: dict[str, _Verified] = {}
+
+    async def authenticate(self, client_id: str, secret: str) -> Client:
+        """The client these credentials belong to; InvalidClient or ClientDisabled otherwise."""
+        digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+        now = self._clock.now()
+        hit = self._cache.get(client_id)
+        if hit is not None and now - hit.verified_at < self._ttl and hmac.compare_digest(hit.digest, digest):
+            return hit.client
+        client = await self._store.get_client(client_id)
+        if client is None or not await asyncio.to_thread(verify_secret, client.secret_hash, secret):
+            raise InvalidClient(
+                "unknown client id or wrong secret: send `authorization: Basic base64(client_id:client_secret)`"
+            )
+        if client.disabled:
+            raise ClientDisabled(f"client {client_id!r} is disabled; an operator can enable it again")
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[client_id] = _Verified(digest, client, now)
+        return client
+
+    def forget(self, client_id: str) -> None:
+        self._cache.pop(client_id, None)

@@ -1,0 +1,162 @@
+"""The event hub: a live view of the event log, fanned out to subscribers.
+
+The hub tails the log: at once after this process commits an event (the
+store's commit listener pokes it), and every `poll_interval` for writers it
+cannot hear, such as another process on the same store. Each event is decoded
+and encoded once, then offered to every subscriber of its tenant. A
+subscriber's queue is bounded; one that falls behind is cut off rather than
+slowing the rest, and resumes with `after_sequence`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from rotor.core.model import Event
+from rotor.store import Store
+
+log = logging.getLogger("rotor.events")
+
+T = TypeVar("T")
+QUEUE_SIZE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery(Generic[T]):
+    """An event and its encoding, shared by every subscriber."""
+
+    event: Event
+    encoded: T
+
+
+@dataclass(eq=False)
+class Subscription(Generic[T]):
+    """One subscriber's queue. `closed` says why it ended: "slow" or "shutdown"."""
+
+    tenant: str
+    queue: asyncio.Queue[Delivery[T] | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+    closed: str = ""
+
+    def _close(self, why: str) -> None:
+        if self.closed:
+            return
+        self.closed = why
+        while True:  # make room for the wake-up, dropping what the subscriber will never read
+            try:
+                self.queue.put_nowait(None)
+                return
+            except asyncio.QueueFull:
+                self.queue.get_nowait()
+
+    async def next(self, wait: float) -> Delivery[T] | None:
+        """The next delivery; None on timeout or when closed (check `closed`)."""
+        if self.closed:
+            return None
+        try:
+            return await asyncio.wait_for(self.queue.get(), wait)
+        except TimeoutError:
+            return None
+
+
+class EventHub(Generic[T]):
+    """Tails the store's event log and hands each event to every subscriber of its tenant."""
+
+    def __init__(
+        self,
+        store: Store,
+        encode: Callable[[Event], T],
+        *,
+        poll_interval: float = 0.5,
+        on_event: Callable[[Event], Awaitable[None]] | None = None,
+    ) -> None:
+        self._store = store
+        self._encode = encode
+        self._poll_interval = poll_interval
+        self._on_event = on_event
+        self._subscribers: dict[str, set[Subscription[T]]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.last_sequence: dict[str, int] = {}  # per tenant, as far as the hub has read
+        self.generation = 0  # bumped on every poke and event: cheap staleness check for caches
+        self._cursor = 0
+        store.add_commit_listener(self.poke)
+
+    async def start(self) -> None:
+        self._cursor = await self._store.last_sequence()
+        for tenant in await self._store.list_tenants():
+            self.last_sequence[tenant] = await self._store.last_sequence(tenant)
+        self._task = asyncio.create_task(self._tail(), name="rotor-event-hub")
+
+    def poke(self) -> None:
+        """Something was committed: read the log now."""
+        self.generation += 1
+        self._wake.set()
+
+    def subscribe(self, tenant: str) -> Subscription[T]:
+        sub: Subscription[T] = Subscription(tenant)
+        if self._stopping:
+            sub._close("shutdown")
+        self._subscribers.setdefault(tenant, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription[T]) -> None:
+        subs = self._subscribers.get(sub.tenant)
+        if subs is not None:
+            subs.discard(sub)
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    async def close(self) -> None:
+        """End every subscription ("shutdown") and stop tailing."""
+        self._stopping = True
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub._close("shutdown")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _tail(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
+            try:
+                await self.catch_up()
+            except Exception:
+                log.exception("reading the event log failed; retrying")
+                await asyncio.sleep(self._poll_interval)
+
+    async def catch_up(self) -> None:
+        """Read and deliver every event committed since the last one delivered."""
+        while True:
+            batch = await self._store.events_after(self._cursor)
+            if not batch:
+                return
+            for stored in batch:
+                event = stored.decode()
+                if self._on_event is not None:
+                    await self._on_event(event)
+                self._deliver(Delivery(event, self._encode(event)))
+                self._cursor = stored.sequence
+                self.last_sequence[stored.tenant] = stored.sequence
+                self.generation += 1
+
+    def _deliver(self, delivery: Delivery[T]) -> None:
+        for sub in list(self._subscribers.get(delivery.event.tenant, ())):
+            try:
+                sub.queue.put_nowait(delivery)
+            except asyncio.QueueFull:
+                log.warning(
+                    "a watcher of tenant %r fell %d events behind; cutting it off", sub.tenant, QUEUE_SIZE
+                )
+                sub._close("slow")
+                self.unsubscribe(sub)

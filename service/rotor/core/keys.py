@@ -1,0 +1,439 @@
+"""Signing keys: the in-memory key ring, and every change to a key.
+
+`KeyManager` owns each transition (scheduled ones from `lifecycle.due`, and
+the admin's rotate, revoke and approve). Each change and its events are
+written in one transaction; slow work (key generation) happens before it and
+the precondition is checked again inside, so a lost race with another
+process is a no-op, not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from rotor.clock import Clock
+from rotor.core import lifecycle
+from rotor.core.crypto import (
+    Sealer,
+    Signer,
+    generate_private_key,
+    private_from_bytes,
+    private_to_bytes,
+    probe,
+    public_jwk,
+)
+from rotor.core.errors import (
+    KeyNotFound,
+    KeyNotRevocable,
+    NoActiveKey,
+    OperationAlreadyApplied,
+    OperationExpired,
+    OperationNotFound,
+    SelfApproval,
+    TenantNotFound,
+)
+from rotor.core.lifecycle import KeyPolicy, Step
+from rotor.core.model import (
+    DEFAULT_TENANT,
+    LIVE_STATES,
+    Event,
+    EventType,
+    KeyState,
+    Operation,
+    OperationState,
+    SigningKey,
+)
+from rotor.store import Store, Tx
+
+log = logging.getLogger("rotor.keys")
+
+APPROVAL_WINDOW = 3600.0  # how long a revocation waits for its second admin
+
+
+class KeyRing:
+    """Each tenant's live keys and the signer of its active key, held in memory.
+
+    Refreshed after every key change this process makes, and by the event hub
+    for changes made elsewhere.
+    """
+
+    def __init__(self, store: Store, sealer: Sealer) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._live: dict[str, tuple[SigningKey, ...]] = {}
+        self._signers: dict[str, Signer] = {}
+
+    async def refresh(self, tenant: str) -> None:
+        keys = tuple(await self._store.list_keys(tenant, LIVE_STATES))
+        active = lifecycle.active_key(keys)
+        signer = self._signers.get(tenant)
+        if active is None:
+            self._signers.pop(tenant, None)
+        elif signer is None or signer.kid != active.kid:
+            if active.sealed_private is None:
+                log.error("active key %s has no private half; it cannot sign", active.kid)
+                self._signers.pop(tenant, None)
+            else:
+                private = private_from_bytes(self._sealer.unseal(active.sealed_private, active.kid.encode()))
+                self._signers[tenant] = Signer.for_key(active.kid, active.alg, private)
+        self._live[tenant] = keys
+
+    def signer(self, tenant: str) -> Signer:
+        signer = self._signers.get(tenant)
+        if signer is None:
+            raise NoActiveKey("no signing key is active yet; the server is starting, retry in a moment")
+        return signer
+
+    def live_keys(self, tenant: str) -> tuple[SigningKey, ...]:
+        return self._live.get(tenant, ())
+
+    def find(self, kid: str) -> SigningKey | None:
+        for keys in self._live.values():
+            for key in keys:
+                if key.kid == kid:
+                    return key
+        return None
+
+    def has_active(self, tenant: str) -> bool:
+        return tenant in self._signers
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """The outcome of RevokeKey: the key, or the operation awaiting approval."""
+
+    key: SigningKey
+    operation_id: str = ""
+    pending_approval: bool = False
+
+
+class _NeedSpareKey(Exception):
+    """Internal: a transaction found it must install a new key it did not prepare."""
+
+
+class KeyManager:
+    """Every change to signing keys, each with its events in one transaction."""
+
+    def __init__(
+        self,
+        store: Store,
+        sealer: Sealer,
+        keyring: KeyRing,
+        clock: Clock,
+        policy: KeyPolicy,
+        *,
+        algorithm: str = "EdDSA",
+        rsa_bits: int = 3072,
+        require_approval: bool = False,
+        tenants: Sequence[str] = (DEFAULT_TENANT,),
+    ) -> None:
+        self._store = store
+        self._sealer = sealer
+        self.keyring = keyring
+        self._clock = clock
+        self.policy = policy
+        self._algorithm = algorithm
+        self._rsa_bits = rsa_bits
+        self.require_approval = require_approval
+        self.tenants = tuple(tenants)
+        self.changed = asyncio.Event()  # set after every change; the rotator wakes on it
+
+    def check_tenant(self, tenant: str) -> str:
+        if tenant not in self.tenants:
+            raise TenantNotFound(f'no tenant named {tenant!r}; use "" for the default tenant')
+        return tenant
+
+    # -- key material -----------------------------------------------------
+
+    async def _prepare_key(self, tenant: str) -> SigningKey:
+        """A new key, probed and sealed; its state and timeline are set when it is installed."""
+        private = await asyncio.to_thread(generate_private_key, self._algorithm, self._rsa_bits)
+        jwk = public_jwk(private, self._algorithm)
+        kid = jwk["kid"]
+        probe(Signer.for_key(kid, self._algorithm, private), jwk)
+        sealed = self._sealer.seal(private_to_bytes(private), kid.encode())
+        return SigningKey(
+            kid=kid,
+            tenant=tenant,
+            alg=self._algorithm,
+            state=KeyState.PENDING,
+            public_jwk=json.dumps(jwk, separators=(",", ":")),
+            sealed_private=sealed,
+            created_at=0.0,
+            activates_at=0.0,
+            retires_at=0.0,
+            expires_at=0.0,
+        )
+
+    def _install(self, key: SigningKey, state: KeyState, now: float, activates_at: float) -> SigningKey:
+        retires_at, expires_at = lifecycle.planned_timeline(now, activates_at, self.policy)
+        return key.evolve(
+            state=state,
+            created_at=now,
+            activates_at=activates_at,
+            retires_at=retires_at,
+            expires_at=expires_at,
+        )
+
+    async def _append(
+        self, tx: Tx, tenant: str, now: float, changes: list[tuple[EventType, SigningKey]]
+    ) -> None:
+        """Append one event per change, each carrying the key set as of the transaction's end."""
+        if not changes:
+            return
+        keyset = tuple(await tx.list_keys(tenant, LIVE_STATES))
+        for type_, key in changes:
+            await tx.append_event(tenant, type_.value, now, Event.encode_payload(key, keyset, None))
+
+    async def _after_change(self, tenant: str) -> None:
+        await self.keyring.refresh(tenant)
+        self.changed.set()
+
+    # -- the schedule ------------------------------------------------------
+
+    async def apply_due(self, tenant: str) -> float | None:
+        """Apply every transition due now; returns when the next one falls due."""
+        keys = await self._store.list_keys(tenant, LIVE_STATES)
+        plan = lifecycle.due(keys, self._clock.now(), self.policy)
+        if not plan:
+            return lifecycle.next_change_at(keys, self.policy)
+        spare = None
+        if any(t.step in (Step.BOOTSTRAP, Step.PUBLISH_NEXT) for t in plan):
+            spare = await self._prepare_key(tenant)
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            keys = await tx.list_keys(tenant, LIVE_STATES)
+            changes: list[tuple[EventType, SigningKey]] = []
+            for transition in lifecycle.due(keys, now, self.policy):  # again: another process may have acted
+                changes += await self._apply(tx, transition, keys, now, spare)
+            await self._append(tx, tenant, now, changes)
+            keys = await tx.list_keys(tenant, LIVE_STATES)
+        if changes:
+            log.info(
+                "key transitions for tenant %r: %s",
+                tenant,
+                ", ".join(f"{t.value} {k.kid}" for t, k in changes),
+            )
+            await self._after_change(tenant)
+        return lifecycle.next_change_at(keys, self.policy)
+
+    async def _apply(
+        self,
+        tx: Tx,
+        transition: lifecycle.Transition,
+        keys: Sequence[SigningKey],
+        now: float,
+        spare: SigningKey | None,
+    ) -> list[tuple[EventType, SigningKey]]:
+        by_kid = {k.kid: k for k in keys}
+        active = lifecycle.active_key(keys)
+        match transition.step:
+            case Step.EXPIRE:
+                expired = lifecycle.expire(by_kid[transition.kid])
+                return (
+                    [(EventType.KEY_EXPIRED, expired)]
+                    if await tx.update_key(expired, KeyState.RETIRED)
+                    else []
+                )
+            case Step.BOOTSTRAP:
+                if spare is None:
+                    return []
+                key = self._install(spare, KeyState.ACTIVE, now, now)
+                await tx.insert_key(key)
+                return [(EventType.KEY_PUBLISHED, key), (EventType.KEY_ACTIVATED, key)]
+            case Step.PUBLISH_NEXT:
+                if spare is None:
+                    return []
+                key = self._install(
+                    spare, KeyState.PENDING, now, lifecycle.successor_activates_at(active, now, self.policy)
+                )
+                await tx.insert_key(key)
+                return [(EventType.KEY_PUBLISHED, key)]
+            case Step.ACTIVATE:
+                return await self._activate(tx, by_kid[transition.kid], active, now)
+
+    async def _activate(
+        self, tx: Tx, pending: SigningKey, active: SigningKey | None, now: float
+    ) -> list[tuple[EventType, SigningKey]]:
+        changes: list[tuple[EventType, SigningKey]] = []
+        retired = None
+        if active is not None:  # retire first: at most one key of a tenant is ever active
+            retired = lifecycle.retire(active, now, self.policy)
+            if not await tx.update_key(retired, KeyState.ACTIVE):
+                return []
+        activated = lifecycle.activate(pending, now, self.policy)
+        if not await tx.update_key(activated, KeyState.PENDING):
+            return []
+        changes.append((EventType.KEY_ACTIVATED, activated))
+        if retired is not None:
+            changes.append((EventType.KEY_RETIRED, retired))
+        return changes
+
+    # -- admin operations ----------------------------------------------------
+
+    async def rotate(self, tenant: str, *, immediate: bool, reason: str) -> SigningKey:
+        """Publish a new key: it signs after publish_lead, or at once when `immediate`.
+
+        A non-immediate rotation while a key is already pending returns that key.
+        An immediate one supersedes any pending key (it never signed: it expires).
+        """
+        self.check_tenant(tenant)
+        if not immediate:
+            pending = lifecycle.pending_key(await self._store.list_keys(tenant, (KeyState.PENDING,)))
+            if pending is not None:
+                return pending
+        spare = await self._prepare_key(tenant)
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            keys = await tx.list_keys(tenant, LIVE_STATES)
+            active, pending = lifecycle.active_key(keys), lifecycle.pending_key(keys)
+            changes: list[tuple[EventType, SigningKey]] = []
+            if not immediate:
+                if pending is not None:
+                    return pending
+                key = self._install(spare, KeyState.PENDING, now, now + self.policy.publish_lead)
+                await tx.insert_key(key)
+                changes.append((EventType.KEY_PUBLISHED, key))
+            else:
+                superseded = [lifecycle.expire(k) for k in keys if k.state is KeyState.PENDING]
+                for k in superseded:
+                    await tx.update_key(k, KeyState.PENDING)
+                if active is not None:
+                    retired = lifecycle.retire(active, now, self.policy)
+                    await tx.update_key(retired, KeyState.ACTIVE)
+                key = self._install(spare, KeyState.ACTIVE, now, now)
+                await tx.insert_key(key)
+                changes += [(EventType.KEY_PUBLISHED, key), (EventType.KEY_ACTIVATED, key)]
+                if active is not None:
+                    changes.append((EventType.KEY_RETIRED, retired))
+                changes += [(EventType.KEY_EXPIRED, k) for k in superseded]
+            await self._append(tx, tenant, now, changes)
+        log.info(
+            "rotated keys of tenant %r (immediate=%s): new key %s; reason: %s",
+            tenant,
+            immediate,
+            key.kid,
+            reason,
+        )
+        await self._after_change(tenant)
+        return key
+
+    async def revoke(self, kid: str, *, reason: str, actor: str) -> Revocation:
+        """Revoke a key at once, or ask for a second admin when approval is required."""
+        key = await self._store.get_key(kid)
+        if key is None:
+            raise KeyNotFound(f"no key with kid {kid!r}; ListKeys shows the kids")
+        if key.state is KeyState.EXPIRED:
+            raise KeyNotRevocable(f"key {kid} has already expired; nothing signed by it still verifies")
+        if key.state is KeyState.REVOKED:
+            return Revocation(key)
+        if not self.require_approval:
+            return Revocation(await self._revoke_now(kid, reason))
+        now = self._clock.now()
+        operation = Operation(
+            operation_id=secrets.token_urlsafe(16),
+            tenant=key.tenant,
+            kind="revoke_key",
+            target=kid,
+            reason=reason,
+            requested_by=actor,
+            created_at=now,
+            expires_at=now + APPROVAL_WINDOW,
+        )
+        async with self._store.transaction() as tx:
+            await tx.insert_operation(operation)
+        log.info(
+            "revocation of key %s requested by %s awaits approval (operation %s)",
+            kid,
+            actor,
+            operation.operation_id,
+        )
+        return Revocation(key, operation.operation_id, pending_approval=True)
+
+    async def approve(self, operation_id: str, *, actor: str) -> SigningKey:
+        """Carry out an operation another admin asked for."""
+        async with self._store.transaction() as tx:
+            operation = self._check_approvable(await tx.get_operation(operation_id), operation_id, actor)
+        return await self._revoke_now(operation.target, operation.reason, approval=(operation_id, actor))
+
+    def _check_approvable(self, operation: Operation | None, operation_id: str, actor: str) -> Operation:
+        if operation is None:
+            raise OperationNotFound(f"no operation with id {operation_id!r}")
+        if operation.state is OperationState.APPLIED:
+            raise OperationAlreadyApplied(
+                f"operation {operation_id} was already approved by {operation.approved_by}"
+            )
+        if self._clock.now() >= operation.expires_at:
+            raise OperationExpired(f"operation {operation_id} expired unapproved; ask for it again")
+        if operation.requested_by == actor:
+            raise SelfApproval(
+                "an operation must be approved by a different admin than the one who asked for it"
+            )
+        return operation
+
+    async def _revoke_now(self, kid: str, reason: str, approval: tuple[str, str] | None = None) -> SigningKey:
+        spare: SigningKey | None = None
+        while True:
+            try:
+                return await self._revoke_once(kid, reason, approval, spare)
+            except _NeedSpareKey as need:
+                spare = await self._prepare_key(str(need))
+
+    async def _revoke_once(
+        self, kid: str, reason: str, approval: tuple[str, str] | None, spare: SigningKey | None
+    ) -> SigningKey:
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            if approval is not None:
+                operation_id, approver = approval
+                operation = self._check_approvable(
+                    await tx.get_operation(operation_id), operation_id, approver
+                )
+                applied = replace(
+                    operation, state=OperationState.APPLIED, approved_by=approver, applied_at=now
+                )
+                if not await tx.update_operation(applied, OperationState.PENDING.value):
+                    raise OperationAlreadyApplied(f"operation {operation_id} was approved concurrently")
+            key = await tx.get_key(kid)
+            if key is None:
+                raise KeyNotFound(f"no key with kid {kid!r}; ListKeys shows the kids")
+            match key.state:
+                case KeyState.REVOKED:
+                    return key
+                case KeyState.EXPIRED:
+                    raise KeyNotRevocable(
+                        f"key {kid} has already expired; nothing signed by it still verifies"
+                    )
+                case KeyState.PENDING | KeyState.ACTIVE | KeyState.RETIRED:
+                    pass
+            keys = await tx.list_keys(key.tenant, LIVE_STATES)
+            successor = lifecycle.pending_key([k for k in keys if k.kid != kid])
+            if key.state is KeyState.ACTIVE and successor is None and spare is None:
+                raise _NeedSpareKey(key.tenant)
+            revoked = lifecycle.revoke(key, now, reason)
+            await tx.update_key(revoked, key.state)
+            changes: list[tuple[EventType, SigningKey]] = [(EventType.KEY_REVOKED, revoked)]
+            if key.state is KeyState.ACTIVE:
+                if successor is not None:  # already published: it takes over now
+                    activated = lifecycle.activate(successor, now, self.policy)
+                    await tx.update_key(activated, KeyState.PENDING)
+                    changes.append((EventType.KEY_ACTIVATED, activated))
+                else:
+                    assert spare is not None
+                    fresh = self._install(spare, KeyState.ACTIVE, now, now)
+                    await tx.insert_key(fresh)
+                    changes += [(EventType.KEY_PUBLISHED, fresh), (EventType.KEY_ACTIVATED, fresh)]
+            await self._append(tx, key.tenant, now, changes)
+        log.warning("revoked key %s of tenant %r: %s", kid, key.tenant, reason)
+        await self._after_change(key.tenant)
+        return revoked
+
+    async def list_keys(self, tenant: str, *, include_expired: bool) -> list[SigningKey]:
+        self.check_tenant(tenant)
+        keys = await self._store.list_keys(tenant)
+        return [k for k in keys if include_expired or k.state is not KeyState.EXPIRED]

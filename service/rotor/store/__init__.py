@@ -1,0 +1,171 @@
+"""The store: the single source of truth, behind one protocol.
+
+Every backend MUST implement `Store` and `Tx` exactly as documented here, and
+MUST pass the conformance suite in tests/store. Backends raise only the errors
+defined in this module (never a driver's): `AlreadyExists` for a duplicate
+primary key, `Unavailable` when the database cannot be reached or stays busy.
+
+Consistency rules every backend MUST keep:
+
+- A `Tx` is one serializable transaction. Changes made through it become
+  visible to others all at once on commit, or not at all.
+- Event sequences come from the store: `Tx.append_event` returns a sequence
+  greater than every sequence committed before, and events become visible in
+  sequence order (a reader that has seen sequence N never later finds a new
+  event below N).
+- Compare-and-set methods (`update_key`, `mark_refresh_token_used`,
+  `revoke_family`, `update_operation`) return False, changing nothing, when
+  the row is not in the expected state; concurrent callers see exactly one
+  winner.
+- Commit listeners run after every commit that appended an event, in the
+  committing task, and MUST NOT raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from rotor.core.model import (
+    Client,
+    KeyState,
+    Operation,
+    RefreshFamily,
+    RefreshToken,
+    RevokedToken,
+    SigningKey,
+    Snapshot,
+    StoredEvent,
+)
+
+
+class StoreError(Exception):
+    """Root of the errors a store raises."""
+
+
+class AlreadyExists(StoreError):
+    """Raised when inserting a row whose primary key is taken."""
+
+
+class Unavailable(StoreError):
+    """Raised when the database cannot be reached or stays locked; retrying may succeed."""
+
+
+class Tx(Protocol):
+    """One read-write transaction. Obtain it from `Store.transaction()`."""
+
+    # clients
+    async def insert_client(self, client: Client) -> None:
+        """Insert a client; AlreadyExists if its id is taken."""
+        ...
+
+    async def get_client(self, client_id: str) -> Client | None: ...
+
+    async def update_client(self, client: Client) -> bool:
+        """Replace a client's mutable fields (secret hash, grants, flags); False if it does not exist."""
+        ...
+
+    # keys
+    async def insert_key(self, key: SigningKey) -> None: ...
+
+    async def get_key(self, kid: str) -> SigningKey | None: ...
+
+    async def list_keys(self, tenant: str, states: Collection[KeyState] | None = None) -> list[SigningKey]:
+        """The tenant's keys, oldest first, optionally only those in `states`."""
+        ...
+
+    async def update_key(self, key: SigningKey, expected: KeyState) -> bool:
+        """Write every field of `key` if its stored state is still `expected`."""
+        ...
+
+    # refresh tokens
+    async def insert_family(self, family: RefreshFamily) -> None: ...
+
+    async def get_family(self, family_id: str) -> RefreshFamily | None: ...
+
+    async def revoke_family(self, family_id: str, at: float, reason: str) -> bool:
+        """Mark the family revoked; False if it was already revoked or does not exist."""
+        ...
+
+    async def insert_refresh_token(self, token: RefreshToken) -> None: ...
+
+    async def get_refresh_token(self, token_hash: str) -> RefreshToken | None: ...
+
+    async def mark_refresh_token_used(self, token_hash: str, at: float) -> bool:
+        """Mark the token used; False if it was already used or does not exist."""
+        ...
+
+    # access-token revocations
+    async def insert_revoked_token(self, revoked: RevokedToken) -> bool:
+        """Record a revocation; False (changing nothing) if the jti is already revoked."""
+        ...
+
+    # two-admin operations
+    async def insert_operation(self, operation: Operation) -> None: ...
+
+    async def get_operation(self, operation_id: str) -> Operation | None: ...
+
+    async def update_operation(self, operation: Operation, expected_state: str) -> bool: ...
+
+    # the event log
+    async def append_event(self, tenant: str, type_: str, occurred_at: float, payload: str) -> int:
+        """Append an event; returns its sequence."""
+        ...
+
+
+class Store(Protocol):
+    """A persistent store. Reads outside a transaction each see one consistent state."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A read-write transaction: committed on normal exit, rolled back on an exception."""
+        ...
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each commit that appended an event."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def get_client(self, client_id: str) -> Client | None: ...
+
+    async def list_clients(self) -> list[Client]: ...
+
+    async def get_key(self, kid: str) -> SigningKey | None: ...
+
+    async def list_keys(
+        self, tenant: str, states: Collection[KeyState] | None = None
+    ) -> list[SigningKey]: ...
+
+    async def list_tenants(self) -> list[str]:
+        """Every tenant that has a key or a client, the default tenant always included."""
+        ...
+
+    async def get_refresh_token(self, token_hash: str) -> RefreshToken | None: ...
+
+    async def get_family(self, family_id: str) -> RefreshFamily | None: ...
+
+    async def get_revoked_token(self, jti: str) -> RevokedToken | None: ...
+
+    async def snapshot(self, tenant: str, now: float) -> Snapshot:
+        """Live keys, unexpired revocations and the newest event sequence, read together."""
+        ...
+
+    async def last_sequence(self, tenant: str | None = None) -> int:
+        """The newest event sequence of `tenant` (of every tenant when None); 0 when none."""
+        ...
+
+    async def events_after(
+        self, after: int, tenant: str | None = None, limit: int = 500
+    ) -> list[StoredEvent]:
+        """Events with sequence > `after`, oldest first, at most `limit`."""
+        ...
+
+    async def pruned_through(self) -> int:
+        """The highest sequence ever pruned from the log; events above it are all kept."""
+        ...
+
+    async def prune(self, now: float, event_horizon: float) -> int:
+        """Drop expired revocations, refresh tokens and families, and events older than
+        `event_horizon` (each tenant's newest kept); returns rows removed."""
+        ...
