@@ -89,6 +89,9 @@ Demo client (admin; a fresh secret at every start):
 
 Try:
   grpcurl -plaintext -H 'authorization: Basic {basic}' -d '{request}' {where} rotor.v1.TokenService/Issue
+
+For the README's walkthrough:
+  export ROTOR={where} AUTH={basic}
 """,
         flush=True,
     )

@@ -77,12 +77,11 @@ def thumbprint(jwk: dict[str, Any]) -> str:
 
 def public_jwk(key: PrivateKey, alg: str) -> dict[str, Any]:
     """The public half of `key` as a JWK with kid (its thumbprint), alg and use."""
-    jwk: dict[str, Any] = dict(jwt.get_algorithm_by_name(alg).to_jwk(key.public_key(), as_dict=True))
-    jwk = {m: v for m, v in jwk.items() if m not in ("d", "p", "q", "dp", "dq", "qi", "k", "oth", "key_ops")}
-    jwk["kid"] = thumbprint(jwk)
-    jwk["alg"] = alg
-    jwk["use"] = "sig"
-    return jwk
+    members = jwt.get_algorithm_by_name(alg).to_jwk(key.public_key(), as_dict=True)
+    public = {
+        m: v for m, v in members.items() if m not in ("d", "p", "q", "dp", "dq", "qi", "k", "oth", "key_ops")
+    }
+    return {"kid": thumbprint(public), "alg": alg, "use": "sig", **public}
 
 
 def public_key_from_jwk(jwk_json: str, alg: str) -> Any:
