@@ -8,6 +8,7 @@ the hub, then the port; health says SERVING only once a key is active.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 
@@ -69,10 +70,20 @@ class RotorServer:
         self._heartbeat_interval = heartbeat_interval
         self.port = 0
         self.kek_created = False
+        self._running = contextlib.AsyncExitStack()  # what start() set going, stopped in reverse
 
     async def start(self) -> None:
+        """Open the store, make sure a key signs, and listen; on failure nothing is left running."""
+        self.store = await SqliteStore.open(self.config.sqlite_path)
+        self._running.push_async_callback(self.store.close)
+        try:
+            await self._start()
+        except BaseException:
+            await self._running.aclose()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
-        self.store = await SqliteStore.open(config.sqlite_path)
         kek, self.kek_created = load_kek(os.environ.get("ROTOR_KEK"), config.kek_path, create=True)
         if self.kek_created:
             log.warning(
@@ -114,7 +125,9 @@ class RotorServer:
             await self.keyring.refresh(tenant)
         await self.rotator.tick()  # the first key on a new store, and anything due while we were down
         await self.hub.start()
+        self._running.push_async_callback(self.hub.close)
         self.rotator.start()
+        self._running.push_async_callback(self.rotator.stop)
 
         self.health = health_aio.HealthServicer()
         self.server = aio.server(options=GRPC_OPTIONS)
@@ -139,10 +152,12 @@ class RotorServer:
         reflection.enable(
             self.server, [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         )
-        self.port = self.server.add_insecure_port(config.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.listen}")
+        try:
+            self.port = self.server.add_insecure_port(config.listen)
+        except RuntimeError:
+            raise OSError(f"cannot listen on {config.listen}: the address is in use or not available") from None
         await self.server.start()
+        self._running.push_async_callback(self.server.stop, None)
         await self._set_health()
 
     async def _on_event(self, event: Event) -> None:
@@ -164,8 +179,7 @@ class RotorServer:
         await self.hub.close()
         await asyncio.sleep(0.05)  # let the streams send their final status
         await self.server.stop(grace)
-        await self.rotator.stop()
-        await self.store.close()
+        await self._running.aclose()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

@@ -39,11 +39,12 @@ def _setup_logging() -> None:
 
 async def _serve(config: Config, dev: bool) -> int:
     from rotor.app import RotorServer, address
+    from rotor.core.crypto import CryptoError
 
     server = RotorServer(config)
     try:
         await server.start()
-    except OSError as e:
+    except (OSError, CryptoError) as e:
         raise CliError(f"cannot start: {e}") from None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -192,9 +192,18 @@ def load_kek(env_value: str | None, path: Path, create: bool) -> tuple[bytes, bo
             raise CryptoError(f"no key-encryption key: set ROTOR_KEK or create {path}") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         kek = os.urandom(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(base64.b64encode(kek) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(draft, path)  # atomic, and fails if another process got there first
+        except FileExistsError:
+            return load_kek(None, path, create=False)
+        finally:
+            draft.unlink()
         return kek, True
     except ValueError:
         raise CryptoError(f"{path} does not hold a base64 key-encryption key") from None
