@@ -155,7 +155,9 @@ class RotorServer:
         try:
             self.port = self.server.add_insecure_port(config.listen)
         except RuntimeError:
-            raise OSError(f"cannot listen on {config.listen}: the address is in use or not available") from None
+            raise OSError(
+                f"cannot listen on {config.listen}: the address is in use or not available"
+            ) from None
         await self.server.start()
         self._running.push_async_callback(self.server.stop, None)
         await self._set_health()

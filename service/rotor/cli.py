@@ -356,7 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--immediate", action="store_true", help="sign with it at once")
     rotate.add_argument("--reason", default="")
     rotate.set_defaults(func=cmd_keys_rotate)
-    revoke = ksub.add_parser("revoke", help="revoke a key")
+    revoke = ksub.add_parser(
+        "revoke",
+        help="revoke a key",
+        epilog="A kid that starts with '-' goes after '--': rotor keys revoke -- -AbC...",
+    )
     revoke.add_argument("kid")
     revoke.add_argument("--reason", default="")
     revoke.set_defaults(func=cmd_keys_revoke)
@@ -373,11 +377,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dash_safe(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Let `rotor keys revoke -AbC...` work: a kid (base64url) may start with '-'.
+
+    argparse would take such a value for an unknown option; put it after '--' instead.
+    """
+    if argv[:1] != ["keys"] or len(argv) < 3 or argv[1] not in ("revoke", "approve") or "--" in argv:
+        return argv
+    sub = _subparser(_subparser(parser, "keys"), argv[1])
+    known = set(sub._option_string_actions)
+    for i, arg in enumerate(argv[2:], start=2):
+        if arg.startswith("-") and arg.split("=", 1)[0] not in known and argv[i - 1] not in _valued(sub):
+            return [*argv[:i], *argv[i + 1 :], "--", arg]
+    return argv
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub: argparse.ArgumentParser = action.choices[name]
+    return sub
+
+
+def _valued(parser: argparse.ArgumentParser) -> set[str]:
+    """Option strings that take a value (the next argument is theirs)."""
+    return {s for a in parser._actions if a.option_strings and a.nargs != 0 for s in a.option_strings}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from rotor.core.errors import RotorError
     from rotor.store import StoreError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(_dash_safe(parser, list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args))
     except ConfigError as e:

@@ -156,15 +156,16 @@ def config_from_dict(doc: dict[str, Any]) -> Config:
                 values[""][key] = value
         else:
             violations.append(f"{key}: unknown key (known: {', '.join([*_SCHEMA[''], *list(_SCHEMA)[1:]])})")
-    if violations:
-        raise ConfigError(violations)
+    # Keys that failed to parse keep their defaults, so the policy is still checked and
+    # every violation is reported at once, not one file edit at a time.
     config = Config(
         **values[""],
         keys=KeysConfig(**values["keys"]),
         tokens=TokensConfig(**values["tokens"]),
         tls=TlsConfig(**values["tls"]),
     )
-    violations = policy_violations(config)
+    unparsed = {line.split(":", 1)[0] for line in violations}
+    violations += [v for v in policy_violations(config) if not any(name in v for name in unparsed)]
     if violations:
         raise ConfigError(violations)
     return config

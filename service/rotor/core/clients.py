@@ -22,7 +22,7 @@ from rotor.core.model import DEFAULT_TENANT, Client
 from rotor.store import AlreadyExists, Store
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
-CACHE_TTL = 30.0  # how long a verified credential is trusted without a store read
+CACHE_TTL = 300.0  # how long a secret that matched its stored hash skips the slow check
 CACHE_SIZE = 10_000
 
 
@@ -120,40 +120,56 @@ async def set_disabled(store: Store, client_id: str, disabled: bool) -> Client:
     return client
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Verified:
     digest: bytes
-    client: Client
     verified_at: float
 
 
 class Authenticator:
-    """Checks client credentials, trusting a verified one for `CACHE_TTL` seconds."""
+    """Checks client credentials against the store.
+
+    The client's record is read on every call, so a disabled client, changed
+    grants or a reset secret take effect at once. Only the slow part is
+    cached: a secret that matched a stored hash is remembered (as its SHA-256)
+    for `cache_ttl` seconds, and concurrent first checks of one secret share
+    a single scrypt run.
+    """
 
     def __init__(self, store: Store, clock: Clock, cache_ttl: float = CACHE_TTL) -> None:
         self._store = store
         self._clock = clock
         self._ttl = cache_ttl
-        self._cache: dict[str, _Verified] = {}
+        self._verified: dict[tuple[str, str], _Verified] = {}
+        self._inflight: dict[tuple[str, str, bytes], asyncio.Future[bool]] = {}
 
     async def authenticate(self, client_id: str, secret: str) -> Client:
         """The client these credentials belong to; InvalidClient or ClientDisabled otherwise."""
-        digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
-        now = self._clock.now()
-        hit = self._cache.get(client_id)
-        if hit is not None and now - hit.verified_at < self._ttl and hmac.compare_digest(hit.digest, digest):
-            return hit.client
-        client = await self._store.get_client(client_id)
-        if client is None or not await asyncio.to_thread(verify_secret, client.secret_hash, secret):
+        client = await self._store.get_client(client_id) if len(client_id) <= validation.MAX_NAME else None
+        if client is None or not await self._secret_matches(client, secret):
             raise InvalidClient(
                 "unknown client id or wrong secret: send `authorization: Basic base64(client_id:client_secret)`"
             )
         if client.disabled:
             raise ClientDisabled(f"client {client_id!r} is disabled; an operator can enable it again")
-        if len(self._cache) >= CACHE_SIZE:
-            self._cache.clear()
-        self._cache[client_id] = _Verified(digest, client, now)
         return client
 
-    def forget(self, client_id: str) -> None:
-        self._cache.pop(client_id, None)
+    async def _secret_matches(self, client: Client, secret: str) -> bool:
+        digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+        key = (client.client_id, client.secret_hash)
+        now = self._clock.now()
+        hit = self._verified.get(key)
+        if hit is not None and now - hit.verified_at < self._ttl and hmac.compare_digest(hit.digest, digest):
+            return True
+        flight = (*key, digest)
+        pending = self._inflight.get(flight)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(verify_secret, client.secret_hash, secret))
+            self._inflight[flight] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(flight, None))
+        if not await asyncio.shield(pending):
+            return False
+        if len(self._verified) >= CACHE_SIZE:
+            self._verified.clear()
+        self._verified[key] = _Verified(digest, now)
+        return True

@@ -58,7 +58,8 @@ class Subscription(Generic[T]):
         if self.closed:
             return None
         try:
-            return await asyncio.wait_for(self.queue.get(), wait)
+            async with asyncio.timeout(wait):
+                return await self.queue.get()
         except TimeoutError:
             return None
 
@@ -125,9 +126,12 @@ class EventHub(Generic[T]):
                 await self._task
 
     async def _tail(self) -> None:
-        while True:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+        # cancellation that close() sends when the wait has just finished.
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.catch_up()

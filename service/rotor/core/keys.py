@@ -336,7 +336,7 @@ class KeyManager:
             return Revocation(await self._revoke_now(kid, reason))
         now = self._clock.now()
         operation = Operation(
-            operation_id=secrets.token_urlsafe(16),
+            operation_id=secrets.token_hex(16),  # hex: never mistaken for a CLI option
             tenant=key.tenant,
             kind="revoke_key",
             target=kid,

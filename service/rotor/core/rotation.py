@@ -75,4 +75,5 @@ class Rotator:
             delay = self._max_sleep if next_at is None else next_at - self._clock.now()
             delay = min(max(delay, 0.0), self._max_sleep)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._keys.changed.wait(), timeout=delay)
+                async with asyncio.timeout(delay):  # not wait_for: it can swallow a cancellation
+                    await self._keys.changed.wait()
