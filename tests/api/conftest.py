@@ -1,0 +1,68 @@
+"""A real Rotor server in this process, on 127.0.0.1:0, called through rotor_client over gRPC.
+
+`make_rotor(keys={...}, tokens={...}, clock=..., heartbeat_interval=...)` starts a RotorServer
+on its own SQLite store under tmp_path (keys and tokens override the test policy below; the
+rest goes to RotorServer); `rotor` is one with the test policy. Everything opened here
+(servers, channels, streams) is closed at teardown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from rotor.app import RotorServer
+from rotor.config import Config
+
+from .support import BASE_KEYS, BASE_TOKENS, ISSUER, Credentials, Rotor
+
+MakeRotor = Callable[..., Awaitable[Rotor]]
+
+
+@pytest.fixture
+async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeRotor]:
+    """Factory: await make_rotor(keys={...}, tokens={...}, **RotorServer options) -> a started Rotor."""
+    monkeypatch.delenv("ROTOR_KEK", raising=False)  # the key file under data_dir, as the tests expect
+    started: list[Rotor] = []
+
+    async def make(
+        *,
+        keys: dict[str, Any] | None = None,
+        tokens: dict[str, Any] | None = None,
+        **server_options: Any,
+    ) -> Rotor:
+        config = Config(
+            listen="127.0.0.1:0",
+            data_dir=str(tmp_path / f"data{len(started)}"),
+            issuer=ISSUER,
+            keys=replace(BASE_KEYS, **(keys or {})),
+            tokens=replace(BASE_TOKENS, **(tokens or {})),
+        )
+        server = RotorServer(config, **server_options)
+        await server.start()
+        rotor = Rotor(server)
+        started.append(rotor)
+        return rotor
+
+    yield make
+    for rotor in started:
+        await rotor.close()
+
+
+@pytest.fixture
+async def rotor(make_rotor: MakeRotor) -> Rotor:
+    return await make_rotor()
+
+
+@pytest.fixture
+async def svc(rotor: Rotor) -> Credentials:
+    """An ordinary client: audience "api", scopes orders.read and orders.write."""
+    return await rotor.add_client("svc-orders")
+
+
+@pytest.fixture
+async def ops(rotor: Rotor) -> Credentials:
+    """An admin client."""
+    return await rotor.add_client("ops-admin", admin=True)

@@ -1,0 +1,30 @@
+"""Fixtures for the e2e tests: `rotor serve` processes, killed at teardown whatever happened."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .support import RotorProcess
+
+MakeServer = Callable[..., RotorProcess]
+
+
+@pytest.fixture
+def make_server(tmp_path: pathlib.Path) -> Iterator[MakeServer]:
+    """Factory: make_server(overrides, start=True) -> a RotorProcess on its own data dir and port."""
+    servers: list[RotorProcess] = []
+
+    def make(overrides: dict[str, Any] | None = None, start: bool = True) -> RotorProcess:
+        workdir = tmp_path / f"server{len(servers)}"
+        workdir.mkdir()
+        server = RotorProcess(workdir, overrides)
+        servers.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in servers:
+        server.close()

@@ -1,0 +1,129 @@
+"""The README's grpcurl walkthrough works as written, against `rotor serve --dev`.
+
+The harness takes the ```sh blocks under "## Try it with grpcurl", keeps every line
+whose command is grpcurl (`grpcurl ...`, `timeout N grpcurl ...`, or `VAR=$(grpcurl ...)`,
+continuation lines joined), and runs them verbatim, in order, in ONE bash process under
+`set -eo pipefail`, so later lines see variables earlier lines set. The environment
+provides ROTOR (host:port), AUTH (the demo client's base64 Basic credential) and PATH with
+grpcurl on it; the README sets ACCESS, REFRESH and the like itself. A line that is meant
+to fail, or a stream cut off by `timeout`, says so in the README (`|| true`).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from .support import DevServer, bash, env_with_bin
+
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+HEADING = "## Try it with grpcurl"
+GRPCURL_COMMAND = re.compile(
+    r"^(?:export\s+)?(?:[A-Za-z_][A-Za-z0-9_]*=\$\(\s*)?(?:timeout\s+\S+\s+)?grpcurl\s"
+)
+MARK = "### walkthrough line "
+
+
+def walkthrough(markdown: str) -> list[str] | None:
+    """The grpcurl lines of the walkthrough, in order; None when the README has none yet."""
+    if HEADING not in markdown:
+        return None
+    section = markdown.split(HEADING, 1)[1].split("\n## ", 1)[0]
+    lines: list[str] = []
+    for block in re.findall(r"^```(?:sh|bash|shell)\s*\n(.*?)^```", section, re.M | re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.strip().removeprefix("$ ").strip()
+            if GRPCURL_COMMAND.match(line):
+                lines.append(line)
+    return lines
+
+
+def run_walkthrough(lines: list[str], dev: DevServer, cwd: pathlib.Path) -> tuple[str, list[str]]:
+    """Run the lines in one bash; (stderr, each line's stdout)."""
+    script = ["set -eo pipefail"]
+    for i, line in enumerate(lines):
+        script += [f"echo '{MARK}{i}'", line]
+    env = env_with_bin(ROTOR=dev.address, AUTH=dev.auth)
+    done = bash("\n".join(script) + "\n", env=env, cwd=cwd, timeout=120)
+    outputs = re.split(rf"^{MARK}\d+\n", done.stdout, flags=re.M)[1:]
+    if done.returncode != 0:
+        failed = len(outputs) - 1
+        where = lines[failed] if 0 <= failed < len(lines) else "?"
+        raise AssertionError(f"the walkthrough stopped at line {failed}: {where}\n{done.stderr[-3000:]}")
+    assert len(outputs) == len(lines)
+    return done.stderr, outputs
+
+
+def check_outputs(lines: list[str], stderr: str, outputs: list[str]) -> None:
+    for bad in ("Code: Internal", "Code: Unknown", "Code: Unimplemented"):
+        assert bad not in stderr, f"{bad} in the walkthrough:\n{stderr[-3000:]}"
+    assert any('"access_token"' in out or '"accessToken"' in out for out in outputs), "no line issued a token"
+    for line, out in zip(lines, outputs, strict=True):
+        if "WatchKeyRotations" in line:
+            assert "KEY_EVENT_TYPE_" in out, f"the stream printed no event: {line}\n{out}"
+        if line.split()[0] == "grpcurl" and line.split()[-1] == "list":
+            assert "rotor.v1.TokenService" in out, out
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    with DevServer(tmp_path_factory.mktemp("dev")) as server:
+        yield server
+
+
+def test_the_readme_grpcurl_walkthrough_runs_as_written(dev: DevServer, tmp_path: pathlib.Path) -> None:
+    lines = walkthrough(README.read_text()) if README.exists() else None
+    if not lines:
+        pytest.skip("README has no grpcurl walkthrough yet")
+    stderr, outputs = run_walkthrough(lines, dev, tmp_path)
+    check_outputs(lines, stderr, outputs)
+
+
+SAMPLE = """
+# Rotor
+
+## Try it with grpcurl
+
+```sh
+export PATH="$PWD/.venv/bin:$PATH"
+grpcurl -plaintext $ROTOR list
+```
+
+Trade a refresh token once:
+
+```sh
+REFRESH=$(grpcurl -plaintext -H "authorization: Basic $AUTH" -d '{"audience": ["demo-api"]}' \\
+  $ROTOR rotor.v1.TokenService/Issue | python3 -c 'import json, sys; print(json.load(sys.stdin)["refresh_token"])')
+$ grpcurl -plaintext -H "authorization: Basic $AUTH" -d "{\\"refresh_token\\": \\"$REFRESH\\"}" $ROTOR rotor.v1.TokenService/Refresh
+grpcurl -plaintext -H "authorization: Basic $AUTH" -d "{\\"refresh_token\\": \\"$REFRESH\\"}" $ROTOR rotor.v1.TokenService/Refresh || true
+timeout 2 grpcurl -plaintext -d '{}' $ROTOR rotor.v1.TokenService/WatchKeyRotations || true
+```
+
+## Next section
+
+```sh
+grpcurl -plaintext $ROTOR describe
+```
+"""
+
+
+def test_the_walkthrough_harness_keeps_grpcurl_lines_in_order() -> None:
+    lines = walkthrough(SAMPLE)
+    assert lines is not None and len(lines) == 5
+    assert lines[0] == "grpcurl -plaintext $ROTOR list"
+    assert lines[1].startswith("REFRESH=$(grpcurl") and lines[1].endswith("""["refresh_token"])')""")
+    assert lines[2].startswith("grpcurl ") and lines[4].startswith("timeout 2 grpcurl")
+    assert walkthrough("# Rotor\n\nNo walkthrough here.\n") is None
+
+
+def test_the_walkthrough_harness_runs_a_sample(dev: DevServer, tmp_path: pathlib.Path) -> None:
+    lines = walkthrough(SAMPLE)
+    assert lines is not None
+    stderr, outputs = run_walkthrough(lines, dev, tmp_path)
+    check_outputs(lines, stderr, outputs)
+    assert "refresh_token" in outputs[2], "the first use of the refresh token failed"
+    assert outputs[3] == "" and "Unauthenticated" in stderr, "the second use was not refused"
