@@ -150,6 +150,8 @@ def config_from_dict(doc: dict[str, Any]) -> Config:
                 value = _convert(f"{key}.{sub}", kind, sub_raw, violations)
                 if value is not None:
                     values[key][sub] = value
+        elif key in _SCHEMA and key != "":
+            violations.append(f"{key}: must be a table ([{key}] followed by its keys), not {raw!r}")
         elif key in _SCHEMA[""]:
             value = _convert(key, _SCHEMA[""][key], raw, violations)
             if value is not None:

@@ -34,9 +34,12 @@ _PREFIX = 32
 
 def quote(value: str) -> str:
     """A short, safe rendering of caller input for an error message."""
-    if len(value) <= _PREFIX:
-        return repr(value)
-    return repr(value[:_PREFIX]) + f"... ({len(value)} characters)"
+    shown = repr(value[:_PREFIX])
+    if len(shown) > _PREFIX + 2:  # escapes can make a short prefix long
+        shown = shown[:_PREFIX] + "..."
+    if len(value) > _PREFIX:
+        shown += f"... ({len(value)} characters)"
+    return shown
 
 
 class RotorError(Exception):

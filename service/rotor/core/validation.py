@@ -7,7 +7,7 @@ response, a log line or an error message huge.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from rotor.core.errors import InvalidRequest, quote
 
@@ -19,25 +19,34 @@ MAX_REASON = 1024
 
 # RFC 6749 §3.3 scope-token: printable ASCII but space, '"' and '\'.
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-# Audiences and subjects: printable, no whitespace or control characters.
-_PRINTABLE = re.compile(r"[^\x00-\x20\x7f]+")
+
+
+def _scope_token(value: str) -> bool:
+    return _SCOPE_TOKEN.fullmatch(value) is not None
+
+
+def visible(value: str) -> bool:
+    """Printable text with no whitespace or control character, in any script."""
+    return value.isprintable() and " " not in value
+
+
 CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}")
 
 
 def scopes(values: Iterable[str], field: str = "scope") -> tuple[str, ...]:
     """Valid, de-duplicated scopes in request order."""
     return _names(
-        values, field, _SCOPE_TOKEN, MAX_SCOPES, "a scope token (printable ASCII, no space, '\"' or '\\')"
+        values, field, _scope_token, MAX_SCOPES, "a scope token (printable ASCII, no space, '\"' or '\\')"
     )
 
 
 def audiences(values: Iterable[str], field: str = "audience") -> tuple[str, ...]:
     """Valid, de-duplicated audiences in request order."""
-    return _names(values, field, _PRINTABLE, MAX_AUDIENCES, "printable, with no whitespace")
+    return _names(values, field, visible, MAX_AUDIENCES, "printable, with no whitespace")
 
 
 def _names(
-    values: Iterable[str], field: str, pattern: re.Pattern[str], limit: int, rule: str
+    values: Iterable[str], field: str, valid: Callable[[str], bool], limit: int, rule: str
 ) -> tuple[str, ...]:
     out: dict[str, None] = {}
     for i, value in enumerate(values):
@@ -49,7 +58,7 @@ def _names(
             raise InvalidRequest(
                 f"{field}[{i}] is {len(value)} characters; the limit is {MAX_NAME}", "VALUE_TOO_LONG", field
             )
-        if not pattern.fullmatch(value):
+        if not valid(value):
             raise InvalidRequest(f"{field}[{i}] {quote(value)} is not {rule}", "INVALID_VALUE", field)
         out[value] = None
     return tuple(out)
@@ -60,7 +69,7 @@ def subject(value: str) -> str:
         raise InvalidRequest(
             f"subject is {len(value)} characters; the limit is {MAX_NAME}", "VALUE_TOO_LONG", "subject"
         )
-    if value and not _PRINTABLE.fullmatch(value):
+    if value and not visible(value):
         raise InvalidRequest(
             f"subject {quote(value)} must be printable, with no whitespace", "INVALID_VALUE", "subject"
         )
@@ -89,6 +98,6 @@ def reason(value: str) -> str:
 
 def identifier(value: str, field: str) -> str:
     """A kid, an operation id or a tenant name: short and printable."""
-    if len(value) > MAX_NAME or (value and not _PRINTABLE.fullmatch(value)):
+    if len(value) > MAX_NAME or (value and not visible(value)):
         raise InvalidRequest(f"{field} {quote(value)} is not a valid identifier", "INVALID_VALUE", field)
     return value

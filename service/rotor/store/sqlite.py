@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -105,11 +105,13 @@ class _Reads:
         self._conn = conn
 
     async def _one(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            return await cursor.fetchone()
+        with _driver_errors():
+            async with self._conn.execute(sql, tuple(params)) as cursor:
+                return await cursor.fetchone()
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        return list(await self._conn.execute_fetchall(sql, tuple(params)))
+        with _driver_errors():
+            return list(await self._conn.execute_fetchall(sql, tuple(params)))
 
     async def get_client(self, client_id: str) -> Client | None:
         row = await self._one(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ?", (client_id,))
@@ -165,14 +167,13 @@ class _SqliteTx(_Reads):
         self.appended = False
 
     async def _insert(self, sql: str, params: Iterable[Any], what: str) -> None:
-        try:
+        with _driver_errors(what):
             await self._conn.execute(sql, tuple(params))
-        except sqlite3.IntegrityError as e:
-            raise AlreadyExists(f"{what} already exists") from e
 
-    async def _changed(self, sql: str, params: Iterable[Any]) -> bool:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            return cursor.rowcount > 0
+    async def _changed(self, sql: str, params: Iterable[Any], what: str = "row") -> bool:
+        with _driver_errors(what):
+            async with self._conn.execute(sql, tuple(params)) as cursor:
+                return cursor.rowcount > 0
 
     async def insert_client(self, client: Client) -> None:
         await self._insert(
@@ -228,7 +229,7 @@ class _SqliteTx(_Reads):
         )
 
     async def update_key(self, key: SigningKey, expected: KeyState) -> bool:
-        return await self._changed(
+        return await self._changed(  # the one-active-key index refuses a second ACTIVE key: AlreadyExists
             "UPDATE keys SET state = ?, sealed_private = ?, activates_at = ?, retires_at = ?, expires_at = ?, "
             "revoked_at = ?, revocation_reason = ? WHERE kid = ? AND state = ?",
             (
@@ -242,6 +243,7 @@ class _SqliteTx(_Reads):
                 key.kid,
                 expected.value,
             ),
+            f"an active key of tenant {key.tenant!r}" if key.state is KeyState.ACTIVE else f"key {key.kid!r}",
         )
 
     async def insert_family(self, family: RefreshFamily) -> None:
@@ -332,14 +334,26 @@ class _SqliteTx(_Reads):
         )
 
     async def append_event(self, tenant: str, type_: str, occurred_at: float, payload: str) -> int:
-        async with self._conn.execute(
-            "INSERT INTO events (tenant, type, occurred_at, payload) VALUES (?, ?, ?, ?)",
-            (tenant, type_, occurred_at, payload),
-        ) as cursor:
-            sequence = cursor.lastrowid
+        with _driver_errors("event"):
+            async with self._conn.execute(
+                "INSERT INTO events (tenant, type, occurred_at, payload) VALUES (?, ?, ?, ?)",
+                (tenant, type_, occurred_at, payload),
+            ) as cursor:
+                sequence = cursor.lastrowid
         assert sequence is not None
         self.appended = True
         return sequence
+
+
+@contextlib.contextmanager
+def _driver_errors(what: str = "row") -> Iterator[None]:
+    """Raise the store's own errors, never sqlite3's."""
+    try:
+        yield
+    except sqlite3.IntegrityError as e:
+        raise AlreadyExists(f"{what} already exists ({e})") from e
+    except sqlite3.Error as e:
+        raise Unavailable(f"the SQLite store failed: {e}") from e
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -351,8 +365,9 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
+async def _connect(path: Path, opened: list[aiosqlite.Connection]) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
+    opened.append(conn)
     await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     await conn.execute("PRAGMA foreign_keys = ON")
     await conn.execute("PRAGMA synchronous = FULL")
@@ -375,13 +390,17 @@ class SqliteStore:
     async def open(cls, path: str | Path) -> SqliteStore:
         """Open (creating and migrating if needed) the database at `path`."""
         path = Path(path)
+        opened: list[aiosqlite.Connection] = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            writer = await _connect(path)
+            writer = await _connect(path, opened)
             await writer.execute("PRAGMA journal_mode = WAL")
             await _migrate(writer)
-            reader = await _connect(path)
-        except sqlite3.Error as e:
+            reader = await _connect(path, opened)
+        except (sqlite3.Error, OSError) as e:
+            for conn in opened:  # an open connection's thread would keep the process alive
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.close()
             raise Unavailable(f"cannot open the SQLite store at {path}: {e}") from e
         return cls(path, writer, reader)
 
@@ -423,7 +442,7 @@ class SqliteStore:
         async with self._read_lock:
             try:
                 return await method(*args)
-            except sqlite3.OperationalError as e:
+            except sqlite3.Error as e:
                 raise Unavailable(f"the SQLite store could not be read: {e}") from e
 
     async def get_client(self, client_id: str) -> Client | None:
@@ -476,7 +495,7 @@ class SqliteStore:
                     sequence = await self._reads.last_sequence(tenant)
                 finally:
                     await self._reader.execute("COMMIT")
-            except sqlite3.OperationalError as e:
+            except (sqlite3.Error, Unavailable) as e:
                 raise Unavailable(f"the SQLite store could not be read: {e}") from e
         return Snapshot(tenant, sequence, tuple(keys), tuple(_revoked(r) for r in rows))
 
