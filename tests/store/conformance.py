@@ -1,0 +1,761 @@
+"""The store conformance suite: what every backend of rotor.store MUST do.
+
+Each test takes a `store` (an empty, open store) or `open_store` (which opens
+another instance on the same database), both provided by tests/store/conftest.py
+for the backend the test module selects. A backend's own test module imports
+everything here and pins its backend (see test_sqlite.py); nothing in this
+file may know which backend it runs against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from rotor.core.model import (
+    Client,
+    KeyState,
+    Operation,
+    OperationState,
+    RefreshFamily,
+    RefreshToken,
+    RevokedToken,
+    SigningKey,
+)
+from rotor.store import AlreadyExists, Store, StoreError
+
+T0 = 1_800_000_000.0
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How the suite reaches one backend.
+
+    `open(where)` opens a store on the database that belongs to the test
+    directory `where`, creating it on first use; opening twice gives two
+    instances on one database (like the server and the `rotor` CLI).
+    `sabotage(where)` breaks that database behind the store's back (its
+    tables disappear), to prove reads then fail with the store's own errors.
+    `known_bugs` maps a test name to the reason it is expected to fail on
+    this backend (marked xfail, strict).
+    """
+
+    name: str
+    open: Callable[[Path], Awaitable[Store]]
+    sabotage: Callable[[Path], Awaitable[None]]
+    known_bugs: dict[str, str] = field(default_factory=dict)
+
+
+class OpenStore(Protocol):
+    """Opens another store on the test's database; `close` closes one it opened."""
+
+    async def __call__(self) -> Store: ...
+
+    async def close(self, store: Store) -> None: ...
+
+
+# -- records -----------------------------------------------------------------
+
+
+def a_client(client_id: str = "svc-a", **changes: Any) -> Client:
+    client = Client(
+        client_id=client_id,
+        tenant="",
+        secret_hash="scrypt$16384$8$1$c2FsdA==$ZGlnZXN0",
+        scopes=("write", "read"),  # not sorted: order must survive
+        audiences=("https://b.internal", "https://a.internal"),
+        created_at=T0,
+    )
+    return replace(client, **changes)
+
+
+def a_key(kid: str, state: KeyState = KeyState.PENDING, tenant: str = "", **changes: Any) -> SigningKey:
+    key = SigningKey(
+        kid=kid,
+        tenant=tenant,
+        alg="EdDSA",
+        state=state,
+        public_jwk=f'{{"kid":"{kid}","kty":"OKP","crv":"Ed25519","x":"AAAA","alg":"EdDSA","use":"sig"}}',
+        sealed_private=b"\x01sealed-" + kid.encode(),
+        created_at=T0,
+        activates_at=T0 + 600,
+        retires_at=T0 + 600 + 86400,
+        expires_at=T0 + 600 + 86400 + 3660,
+    )
+    return replace(key, **changes)
+
+
+def a_family(family_id: str = "fam-1", **changes: Any) -> RefreshFamily:
+    family = RefreshFamily(
+        family_id=family_id,
+        client_id="svc-a",
+        tenant="",
+        subject="svc-a",
+        scopes=("write", "read"),
+        audiences=("https://a.internal",),
+        created_at=T0,
+        expires_at=T0 + 30 * 86400,
+    )
+    return replace(family, **changes)
+
+
+def a_refresh_token(token_hash: str = "ab" * 32, family_id: str = "fam-1", **changes: Any) -> RefreshToken:
+    return replace(RefreshToken(token_hash, family_id, "svc-a", T0, T0 + 86400), **changes)
+
+
+def a_revocation(jti: str = "jti-1", **changes: Any) -> RevokedToken:
+    return replace(RevokedToken(jti, "", "svc-a", T0 + 300, T0, "leaked"), **changes)
+
+
+def an_operation(operation_id: str = "op-1", **changes: Any) -> Operation:
+    operation = Operation(
+        operation_id=operation_id,
+        tenant="",
+        kind="revoke_key",
+        target="kid-1",
+        reason="compromised",
+        requested_by="admin-a",
+        created_at=T0,
+        expires_at=T0 + 3600,
+    )
+    return replace(operation, **changes)
+
+
+async def append(store: Store, *events: tuple[str, float]) -> list[int]:
+    """Append (tenant, occurred_at) events in one transaction; their sequences."""
+    async with store.transaction() as tx:
+        return [await tx.append_event(t, "KEY_PUBLISHED", at, '{"n":1}') for t, at in events]
+
+
+class Boom(Exception):
+    """Raised inside a transaction to roll it back."""
+
+
+# -- clients -------------------------------------------------------------------
+
+
+class TestClients:
+    async def test_inserted_client_reads_back_equal(self, store: Store) -> None:
+        client = a_client(admin=True, allow_any_subject=True, disabled=True, tenant="acme")
+        async with store.transaction() as tx:
+            await tx.insert_client(client)
+            assert await tx.get_client("svc-a") == client
+        assert await store.get_client("svc-a") == client
+
+    async def test_unknown_client_reads_as_none(self, store: Store) -> None:
+        assert await store.get_client("nobody") is None
+        async with store.transaction() as tx:
+            assert await tx.get_client("nobody") is None
+
+    async def test_duplicate_client_raises_already_exists_and_keeps_the_first(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_client(a_client())
+        with pytest.raises(AlreadyExists):
+            async with store.transaction() as tx:
+                await tx.insert_client(a_client(scopes=("other",)))
+        assert await store.get_client("svc-a") == a_client()
+
+    async def test_update_client_replaces_mutable_fields(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_client(a_client())
+        changed = a_client(
+            secret_hash="scrypt$new",
+            scopes=("admin",),
+            audiences=("https://c.internal",),
+            admin=True,
+            allow_any_subject=True,
+            disabled=True,
+        )
+        async with store.transaction() as tx:
+            assert await tx.update_client(changed) is True
+        assert await store.get_client("svc-a") == changed
+
+    async def test_update_of_unknown_client_returns_false(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            assert await tx.update_client(a_client("ghost")) is False
+        assert await store.get_client("ghost") is None
+
+    async def test_list_clients_returns_every_client(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            for name in ("svc-b", "svc-a", "svc-c"):
+                await tx.insert_client(a_client(name))
+        assert sorted(c.client_id for c in await store.list_clients()) == ["svc-a", "svc-b", "svc-c"]
+
+    async def test_list_tenants_names_tenants_of_keys_and_clients_and_always_the_default(
+        self, store: Store
+    ) -> None:
+        assert await store.list_tenants() == [""]
+        async with store.transaction() as tx:
+            await tx.insert_client(a_client(tenant="acme"))
+            await tx.insert_key(a_key("k1", tenant="zeta"))
+        assert sorted(await store.list_tenants()) == ["", "acme", "zeta"]
+
+
+# -- keys ----------------------------------------------------------------------
+
+
+class TestKeys:
+    async def test_inserted_key_reads_back_equal(self, store: Store) -> None:
+        key = a_key("k1", KeyState.REVOKED, revoked_at=T0 + 5.5, revocation_reason="leaked")
+        async with store.transaction() as tx:
+            await tx.insert_key(key)
+            assert await tx.get_key("k1") == key
+        assert await store.get_key("k1") == key
+
+    async def test_unknown_kid_reads_as_none(self, store: Store) -> None:
+        assert await store.get_key("nope") is None
+
+    async def test_duplicate_kid_raises_already_exists(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_key(a_key("k1"))
+        with pytest.raises(AlreadyExists):
+            async with store.transaction() as tx:
+                await tx.insert_key(a_key("k1", tenant="other"))
+        assert await store.get_key("k1") == a_key("k1")
+
+    async def test_list_keys_returns_only_the_tenants_keys(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_key(a_key("mine"))
+            await tx.insert_key(a_key("theirs", tenant="acme"))
+        assert [k.kid for k in await store.list_keys("")] == ["mine"]
+        assert [k.kid for k in await store.list_keys("acme")] == ["theirs"]
+        assert await store.list_keys("nobody") == []
+
+    async def test_list_keys_filters_by_state(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            for i, state in enumerate(KeyState):
+                await tx.insert_key(a_key(state.value, state, created_at=T0 + i))
+        wanted = [KeyState.PENDING, KeyState.RETIRED]
+        assert [k.kid for k in await store.list_keys("", wanted)] == ["pending", "retired"]
+        async with store.transaction() as tx:
+            assert [k.kid for k in await tx.list_keys("", wanted)] == ["pending", "retired"]
+        assert await store.list_keys("", ()) == []
+        assert len(await store.list_keys("", None)) == len(KeyState)
+
+    async def test_list_keys_returns_oldest_first(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            for kid, created in (("middle", T0 + 2), ("newest", T0 + 3), ("oldest", T0 + 1)):
+                await tx.insert_key(a_key(kid, created_at=created))
+        assert [k.kid for k in await store.list_keys("")] == ["oldest", "middle", "newest"]
+        async with store.transaction() as tx:
+            assert [k.kid for k in await tx.list_keys("")] == ["oldest", "middle", "newest"]
+
+    async def test_update_key_writes_every_mutable_field_when_state_matches(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_key(a_key("k1", KeyState.ACTIVE))
+        revoked = a_key(
+            "k1",
+            KeyState.REVOKED,
+            sealed_private=None,
+            activates_at=T0 + 1,
+            retires_at=T0 + 2,
+            expires_at=T0 + 3,
+            revoked_at=T0 + 4,
+            revocation_reason="compromised",
+        )
+        async with store.transaction() as tx:
+            assert await tx.update_key(revoked, KeyState.ACTIVE) is True
+        assert await store.get_key("k1") == revoked
+
+    async def test_update_key_returns_false_and_changes_nothing_when_state_differs(
+        self, store: Store
+    ) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_key(a_key("k1", KeyState.RETIRED))
+        async with store.transaction() as tx:
+            changed = a_key("k1", KeyState.EXPIRED, sealed_private=None, expires_at=T0)
+            assert await tx.update_key(changed, KeyState.ACTIVE) is False
+        assert await store.get_key("k1") == a_key("k1", KeyState.RETIRED)
+
+    async def test_update_of_unknown_key_returns_false(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            assert await tx.update_key(a_key("ghost", KeyState.ACTIVE), KeyState.PENDING) is False
+        assert await store.get_key("ghost") is None
+
+
+class TestOneActiveKeyPerTenant:
+    async def test_inserting_a_second_active_key_fails(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_key(a_key("first", KeyState.ACTIVE))
+        with pytest.raises(StoreError):
+            async with store.transaction() as tx:
+                await tx.insert_key(a_key("second", KeyState.ACTIVE))
+        assert [k.kid for k in await store.list_keys("", [KeyState.ACTIVE])] == ["first"]
+        assert await store.get_key("second") is None
+
+    async def test_promoting_a_second_key_to_active_fails_with_a_store_error(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_key(a_key("first", KeyState.ACTIVE))
+            await tx.insert_key(a_key("second", KeyState.PENDING))
+        with pytest.raises(StoreError):
+            async with store.transaction() as tx:
+                await tx.update_key(a_key("second", KeyState.ACTIVE), KeyState.PENDING)
+        assert [k.kid for k in await store.list_keys("", [KeyState.ACTIVE])] == ["first"]
+
+    async def test_retiring_then_activating_in_one_transaction_succeeds(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_key(a_key("old", KeyState.ACTIVE))
+            await tx.insert_key(a_key("new", KeyState.PENDING))
+        async with store.transaction() as tx:
+            assert await tx.update_key(a_key("old", KeyState.RETIRED), KeyState.ACTIVE)
+            assert await tx.update_key(a_key("new", KeyState.ACTIVE), KeyState.PENDING)
+        assert [k.kid for k in await store.list_keys("", [KeyState.ACTIVE])] == ["new"]
+
+    async def test_each_tenant_may_have_its_own_active_key(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_key(a_key("default", KeyState.ACTIVE))
+            await tx.insert_key(a_key("acme", KeyState.ACTIVE, tenant="acme"))
+        assert [k.kid for k in await store.list_keys("acme", [KeyState.ACTIVE])] == ["acme"]
+        assert [k.kid for k in await store.list_keys("", [KeyState.ACTIVE])] == ["default"]
+
+
+# -- refresh families and tokens -------------------------------------------------
+
+
+class TestRefreshTokens:
+    async def test_family_and_token_read_back_equal(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_family(a_family())
+            await tx.insert_refresh_token(a_refresh_token())
+            assert await tx.get_family("fam-1") == a_family()
+            assert await tx.get_refresh_token("ab" * 32) == a_refresh_token()
+        assert await store.get_family("fam-1") == a_family()
+        assert await store.get_refresh_token("ab" * 32) == a_refresh_token()
+        assert await store.get_family("nope") is None
+        assert await store.get_refresh_token("cd" * 32) is None
+
+    async def test_duplicate_family_raises_already_exists(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_family(a_family())
+        with pytest.raises(AlreadyExists):
+            async with store.transaction() as tx:
+                await tx.insert_family(a_family(subject="someone-else"))
+        assert await store.get_family("fam-1") == a_family()
+
+    async def test_duplicate_refresh_token_raises_already_exists(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_family(a_family())
+            await tx.insert_refresh_token(a_refresh_token())
+        with pytest.raises(AlreadyExists):
+            async with store.transaction() as tx:
+                await tx.insert_refresh_token(a_refresh_token(issued_at=T0 + 1))
+        assert await store.get_refresh_token("ab" * 32) == a_refresh_token()
+
+    async def test_marking_a_refresh_token_used_succeeds_once(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_family(a_family())
+            await tx.insert_refresh_token(a_refresh_token())
+        async with store.transaction() as tx:
+            assert await tx.mark_refresh_token_used("ab" * 32, T0 + 10) is True
+        async with store.transaction() as tx:
+            assert await tx.mark_refresh_token_used("ab" * 32, T0 + 20) is False
+            assert await tx.mark_refresh_token_used("ff" * 32, T0 + 20) is False
+        assert await store.get_refresh_token("ab" * 32) == a_refresh_token(used_at=T0 + 10)
+
+    async def test_revoking_a_family_succeeds_once(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_family(a_family())
+        async with store.transaction() as tx:
+            assert await tx.revoke_family("fam-1", T0 + 10, "reused") is True
+        async with store.transaction() as tx:
+            assert await tx.revoke_family("fam-1", T0 + 20, "again") is False
+            assert await tx.revoke_family("nope", T0 + 20, "ghost") is False
+        assert await store.get_family("fam-1") == a_family(revoked_at=T0 + 10, revoke_reason="reused")
+
+
+class TestRevokedTokens:
+    async def test_revocation_reads_back_equal(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            assert await tx.insert_revoked_token(a_revocation()) is True
+        assert await store.get_revoked_token("jti-1") == a_revocation()
+        assert await store.get_revoked_token("jti-2") is None
+
+    async def test_duplicate_jti_returns_false_and_keeps_the_first(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            assert await tx.insert_revoked_token(a_revocation()) is True
+        async with store.transaction() as tx:
+            assert await tx.insert_revoked_token(a_revocation(revoked_at=T0 + 9, reason="again")) is False
+        assert await store.get_revoked_token("jti-1") == a_revocation()
+
+
+class TestOperations:
+    async def test_operation_reads_back_equal(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_operation(an_operation())
+        async with store.transaction() as tx:
+            assert await tx.get_operation("op-1") == an_operation()
+            assert await tx.get_operation("op-2") is None
+
+    async def test_duplicate_operation_raises_already_exists(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_operation(an_operation())
+        with pytest.raises(AlreadyExists):
+            async with store.transaction() as tx:
+                await tx.insert_operation(an_operation(target="kid-2"))
+        async with store.transaction() as tx:
+            assert await tx.get_operation("op-1") == an_operation()
+
+    async def test_update_operation_applies_once(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_operation(an_operation())
+        applied = an_operation(state=OperationState.APPLIED, approved_by="admin-b", applied_at=T0 + 5)
+        async with store.transaction() as tx:
+            assert await tx.update_operation(applied, OperationState.PENDING.value) is True
+        again = replace(applied, approved_by="admin-c", applied_at=T0 + 6)
+        async with store.transaction() as tx:
+            assert await tx.update_operation(again, OperationState.PENDING.value) is False
+            assert await tx.get_operation("op-1") == applied
+
+
+# -- the event log ---------------------------------------------------------------
+
+
+class TestEventLog:
+    async def test_empty_log_has_sequence_zero(self, store: Store) -> None:
+        assert await store.last_sequence() == 0
+        assert await store.last_sequence("") == 0
+        assert await store.events_after(0) == []
+        assert await store.pruned_through() == 0
+
+    async def test_sequences_strictly_increase_within_and_across_transactions(self, store: Store) -> None:
+        first = await append(store, ("", T0), ("", T0), ("acme", T0))
+        second = await append(store, ("", T0 + 1))
+        sequences = first + second
+        assert sequences == sorted(set(sequences))
+        assert sequences[0] > 0
+
+    async def test_events_read_back_in_sequence_order_with_their_fields(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            s1 = await tx.append_event("", "KEY_PUBLISHED", T0 + 0.25, '{"a":1}')
+            s2 = await tx.append_event("acme", "TOKEN_REVOKED", T0 + 1.5, '{"b":"é"}')
+        events = await store.events_after(0)
+        assert [(e.sequence, e.tenant, e.type, e.occurred_at, e.payload) for e in events] == [
+            (s1, "", "KEY_PUBLISHED", T0 + 0.25, '{"a":1}'),
+            (s2, "acme", "TOKEN_REVOKED", T0 + 1.5, '{"b":"é"}'),
+        ]
+
+    async def test_events_are_visible_only_after_commit(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.append_event("", "KEY_PUBLISHED", T0, "{}")
+            assert await store.events_after(0) == []
+            assert await store.last_sequence() == 0
+            assert await store.last_sequence("") == 0
+        assert len(await store.events_after(0)) == 1
+        assert await store.last_sequence("") > 0
+
+    async def test_events_after_filters_by_tenant_and_limit(self, store: Store) -> None:
+        seqs = await append(store, ("a", T0), ("b", T0), ("a", T0), ("b", T0), ("a", T0))
+        assert [e.sequence for e in await store.events_after(0, tenant="a")] == seqs[0::2]
+        assert [e.sequence for e in await store.events_after(0, tenant="b")] == seqs[1::2]
+        assert [e.sequence for e in await store.events_after(0, limit=2)] == seqs[:2]
+        assert [e.sequence for e in await store.events_after(seqs[1], limit=2)] == seqs[2:4]
+        assert [e.sequence for e in await store.events_after(seqs[0], tenant="a", limit=1)] == [seqs[2]]
+        assert await store.events_after(seqs[-1]) == []
+        assert await store.events_after(0, tenant="nobody") == []
+
+    async def test_last_sequence_per_tenant_and_overall(self, store: Store) -> None:
+        seqs = await append(store, ("a", T0), ("b", T0), ("a", T0), ("b", T0))
+        assert await store.last_sequence("a") == seqs[2]
+        assert await store.last_sequence("b") == seqs[3]
+        assert await store.last_sequence() == seqs[3]
+        assert await store.last_sequence("nobody") == 0
+
+    async def test_sequence_after_a_rolled_back_append_is_above_every_committed_one(
+        self, store: Store
+    ) -> None:
+        [committed] = await append(store, ("", T0))
+        with pytest.raises(Boom):
+            async with store.transaction() as tx:
+                await tx.append_event("", "KEY_PUBLISHED", T0, "{}")
+                raise Boom
+        [later] = await append(store, ("", T0))
+        assert later > committed
+        assert [e.sequence for e in await store.events_after(0)] == [committed, later]
+
+
+# -- transactions ----------------------------------------------------------------
+
+
+class TestTransactions:
+    async def test_rolled_back_transaction_leaves_nothing_behind(self, store: Store) -> None:
+        heard: list[str] = []
+        store.add_commit_listener(lambda: heard.append("commit"))
+        with pytest.raises(Boom):
+            async with store.transaction() as tx:
+                await tx.insert_client(a_client())
+                await tx.insert_key(a_key("k1", KeyState.ACTIVE))
+                await tx.insert_family(a_family())
+                await tx.insert_refresh_token(a_refresh_token())
+                assert await tx.insert_revoked_token(a_revocation())
+                await tx.insert_operation(an_operation())
+                await tx.append_event("", "KEY_ACTIVATED", T0, "{}")
+                raise Boom
+        assert await store.get_client("svc-a") is None
+        assert await store.get_key("k1") is None
+        assert await store.get_family("fam-1") is None
+        assert await store.get_refresh_token("ab" * 32) is None
+        assert await store.get_revoked_token("jti-1") is None
+        async with store.transaction() as tx:
+            assert await tx.get_operation("op-1") is None
+        assert await store.events_after(0) == []
+        assert await store.last_sequence() == 0
+        assert await store.last_sequence("") == 0
+        assert (await store.snapshot("", T0)).sequence == 0
+        assert heard == []
+
+    async def test_rolled_back_update_restores_the_previous_row(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_key(a_key("k1", KeyState.ACTIVE))
+            await tx.insert_family(a_family())
+            await tx.insert_refresh_token(a_refresh_token())
+        with pytest.raises(Boom):
+            async with store.transaction() as tx:
+                assert await tx.update_key(a_key("k1", KeyState.RETIRED), KeyState.ACTIVE)
+                assert await tx.mark_refresh_token_used("ab" * 32, T0)
+                assert await tx.revoke_family("fam-1", T0, "x")
+                raise Boom
+        assert await store.get_key("k1") == a_key("k1", KeyState.ACTIVE)
+        assert await store.get_refresh_token("ab" * 32) == a_refresh_token()
+        assert await store.get_family("fam-1") == a_family()
+
+    async def test_store_is_usable_after_a_rollback(self, store: Store) -> None:
+        with pytest.raises(Boom):
+            async with store.transaction() as tx:
+                await tx.insert_client(a_client())
+                raise Boom
+        async with store.transaction() as tx:
+            await tx.insert_client(a_client())
+        assert await store.get_client("svc-a") == a_client()
+
+    async def test_commit_listener_fires_once_after_a_commit_that_appended_events(self, store: Store) -> None:
+        order: list[str] = []
+        tasks: list[asyncio.Task[Any] | None] = []
+
+        def listener() -> None:
+            order.append("listener")
+            tasks.append(asyncio.current_task())
+
+        store.add_commit_listener(listener)
+        async with store.transaction() as tx:
+            await tx.append_event("", "KEY_PUBLISHED", T0, "{}")
+            await tx.append_event("", "KEY_ACTIVATED", T0, "{}")
+            order.append("body done")
+        assert order == ["body done", "listener"]
+        assert tasks == [asyncio.current_task()]  # in the committing task
+
+    async def test_commit_listener_stays_silent_for_commits_without_events(self, store: Store) -> None:
+        heard: list[int] = []
+        store.add_commit_listener(lambda: heard.append(1))
+        async with store.transaction() as tx:
+            await tx.insert_client(a_client())
+        async with store.transaction():
+            pass
+        assert heard == []
+
+    async def test_every_commit_listener_is_called(self, store: Store) -> None:
+        heard: list[str] = []
+        store.add_commit_listener(lambda: heard.append("a"))
+        store.add_commit_listener(lambda: heard.append("b"))
+        await append(store, ("", T0))
+        await append(store, ("", T0))
+        assert sorted(heard) == ["a", "a", "b", "b"]
+
+
+# -- snapshots -------------------------------------------------------------------
+
+
+class TestSnapshot:
+    async def test_snapshot_holds_live_keys_unexpired_revocations_and_newest_sequence(
+        self, store: Store
+    ) -> None:
+        now = T0 + 1000
+        async with store.transaction() as tx:
+            for i, state in enumerate(KeyState):
+                await tx.insert_key(a_key(state.value, state, created_at=T0 + i))
+            await tx.insert_key(a_key("other-tenant", KeyState.ACTIVE, tenant="acme"))
+            await tx.insert_revoked_token(a_revocation("expired", expires_at=now - 1))
+            await tx.insert_revoked_token(a_revocation("expires-now", expires_at=now))
+            await tx.insert_revoked_token(a_revocation("live", expires_at=now + 1))
+            await tx.insert_revoked_token(a_revocation("other-tenant", tenant="acme", expires_at=now + 1))
+        [mine, _theirs] = await append(store, ("", T0), ("acme", T0))
+        snapshot = await store.snapshot("", now)
+        assert snapshot.tenant == ""
+        assert [k.kid for k in snapshot.keys] == ["pending", "active", "retired"]
+        assert snapshot.keys[1] == a_key("active", KeyState.ACTIVE, created_at=T0 + 1)
+        assert [r.jti for r in snapshot.revoked] == ["live"]
+        assert snapshot.revoked[0] == a_revocation("live", expires_at=now + 1)
+        assert snapshot.sequence == mine
+
+    async def test_snapshot_of_an_empty_tenant(self, store: Store) -> None:
+        snapshot = await store.snapshot("acme", T0)
+        assert (snapshot.tenant, snapshot.sequence, snapshot.keys, snapshot.revoked) == ("acme", 0, (), ())
+
+
+# -- pruning ---------------------------------------------------------------------
+
+
+class TestPrune:
+    async def test_prune_drops_expired_revocations_and_keeps_live_ones(self, store: Store) -> None:
+        now = T0 + 1000
+        async with store.transaction() as tx:
+            await tx.insert_revoked_token(a_revocation("old", expires_at=now - 1))
+            await tx.insert_revoked_token(a_revocation("live", expires_at=now + 1))
+        assert await store.prune(now, event_horizon=T0) >= 1
+        assert await store.get_revoked_token("old") is None
+        assert await store.get_revoked_token("live") is not None
+
+    async def test_prune_drops_expired_refresh_tokens_and_families(self, store: Store) -> None:
+        now = T0 + 1000
+        async with store.transaction() as tx:
+            await tx.insert_family(a_family("expired-family", expires_at=now - 1))
+            await tx.insert_refresh_token(a_refresh_token("11" * 32, "expired-family", expires_at=now + 50))
+            await tx.insert_family(a_family("live-family", expires_at=now + 100))
+            await tx.insert_refresh_token(a_refresh_token("22" * 32, "live-family", expires_at=now - 1))
+            await tx.insert_refresh_token(a_refresh_token("33" * 32, "live-family", expires_at=now + 50))
+        assert await store.prune(now, event_horizon=T0) > 0
+        assert await store.get_family("expired-family") is None
+        assert await store.get_refresh_token("11" * 32) is None  # its family is gone
+        assert await store.get_refresh_token("22" * 32) is None  # expired itself
+        assert await store.get_family("live-family") is not None
+        assert await store.get_refresh_token("33" * 32) is not None
+
+    async def test_prune_drops_old_events_but_keeps_each_tenants_newest(self, store: Store) -> None:
+        horizon = T0 + 500
+        _s1, s2, s3, s4 = await append(store, ("a", T0), ("b", T0 + 1), ("a", T0 + 2), ("a", T0 + 600))
+        assert await store.prune(T0 + 1000, horizon) == 2
+        assert [e.sequence for e in await store.events_after(0)] == [s2, s4]
+        assert await store.pruned_through() == s3
+        assert await store.last_sequence("a") == s4
+        assert await store.last_sequence("b") == s2
+        assert await store.last_sequence() == s4
+
+    async def test_prune_keeps_a_tenants_only_event_however_old(self, store: Store) -> None:
+        [only] = await append(store, ("a", T0))
+        assert await store.prune(T0 + 10**6, event_horizon=T0 + 10**6) == 0
+        assert [e.sequence for e in await store.events_after(0)] == [only]
+        assert await store.pruned_through() == 0
+
+    async def test_pruned_through_never_goes_back(self, store: Store) -> None:
+        s1, s2, _s3 = await append(store, ("a", T0), ("a", T0 + 10), ("a", T0 + 20))
+        await store.prune(T0 + 100, event_horizon=T0 + 15)
+        assert await store.pruned_through() == s2
+        await store.prune(T0 + 100, event_horizon=T0 + 5)
+        assert await store.pruned_through() == s2
+        assert s1 < s2
+
+    async def test_prune_with_nothing_to_do_removes_nothing(self, store: Store) -> None:
+        await append(store, ("a", T0 + 10), ("b", T0 + 10))
+        async with store.transaction() as tx:
+            await tx.insert_revoked_token(a_revocation(expires_at=T0 + 100))
+        assert await store.prune(T0, event_horizon=T0) == 0
+        assert len(await store.events_after(0)) == 2
+
+    async def test_sequences_keep_increasing_after_a_prune(self, store: Store) -> None:
+        old = await append(store, ("a", T0), ("a", T0), ("a", T0))
+        await store.prune(T0 + 100, event_horizon=T0 + 100)
+        [new] = await append(store, ("a", T0 + 100))
+        assert new > max(old)
+
+
+# -- several instances on one database -----------------------------------------
+
+
+class TestSharedDatabase:
+    async def test_two_stores_on_one_database_see_each_others_commits(
+        self, store: Store, open_store: OpenStore
+    ) -> None:
+        other = await open_store()
+        async with other.transaction() as tx:
+            await tx.insert_client(a_client())
+        assert await store.get_client("svc-a") == a_client()
+        [seq] = await append(store, ("", T0))
+        assert [e.sequence for e in await other.events_after(0)] == [seq]
+        assert await other.last_sequence("") == seq
+        async with other.transaction() as tx:
+            assert await tx.update_client(a_client(disabled=True))
+        client = await store.get_client("svc-a")
+        assert client is not None and client.disabled
+
+    async def test_concurrent_transactions_from_two_stores_lose_no_writes(
+        self, store: Store, open_store: OpenStore
+    ) -> None:
+        other = await open_store()
+        async with store.transaction() as tx:
+            await tx.insert_client(a_client(scopes=()))
+
+        async def add_scope(on: Store, scope: str) -> int:
+            """Read-modify-write: a lost update would drop a scope."""
+            async with on.transaction() as tx:
+                client = await tx.get_client("svc-a")
+                assert client is not None
+                await tx.update_client(replace(client, scopes=(*client.scopes, scope)))
+                return await tx.append_event("", "KEY_PUBLISHED", T0, "{}")
+
+        jobs = [add_scope(s, f"{name}{i}") for i in range(12) for s, name in ((store, "a"), (other, "b"))]
+        sequences = await asyncio.gather(*jobs)
+        client = await store.get_client("svc-a")
+        assert client is not None
+        assert sorted(client.scopes) == sorted(f"{n}{i}" for i in range(12) for n in "ab")
+        assert len(set(sequences)) == len(jobs)
+        assert sorted(e.sequence for e in await other.events_after(0)) == sorted(sequences)
+
+    async def test_a_reopened_store_finds_what_was_committed(self, open_store: OpenStore) -> None:
+        first = await open_store()
+        async with first.transaction() as tx:
+            await tx.insert_key(a_key("k1", KeyState.ACTIVE))
+            await tx.append_event("", "KEY_ACTIVATED", T0, "{}")
+        await open_store.close(first)
+        reopened = await open_store()
+        assert await reopened.get_key("k1") == a_key("k1", KeyState.ACTIVE)
+        assert len(await reopened.events_after(0)) == 1
+
+
+# -- errors ----------------------------------------------------------------------
+
+READS: dict[str, Callable[[Store], Awaitable[object]]] = {
+    "get_client": lambda s: s.get_client("svc-a"),
+    "list_clients": lambda s: s.list_clients(),
+    "get_key": lambda s: s.get_key("k1"),
+    "list_keys": lambda s: s.list_keys(""),
+    "list_tenants": lambda s: s.list_tenants(),
+    "get_refresh_token": lambda s: s.get_refresh_token("ab" * 32),
+    "get_family": lambda s: s.get_family("fam-1"),
+    "get_revoked_token": lambda s: s.get_revoked_token("jti-1"),
+    "snapshot": lambda s: s.snapshot("", T0),
+    "last_sequence": lambda s: s.last_sequence(),
+    "last_sequence_of_tenant": lambda s: s.last_sequence(""),
+    "events_after": lambda s: s.events_after(0),
+    "pruned_through": lambda s: s.pruned_through(),
+}
+
+
+@pytest.mark.parametrize("read", list(READS.values()), ids=list(READS))
+async def test_reads_of_a_broken_database_raise_only_store_errors(
+    store: Store, backend: Backend, tmp_path: Path, read: Callable[[Store], Awaitable[object]]
+) -> None:
+    await append(store, ("", T0))
+    await backend.sabotage(tmp_path)
+    with pytest.raises(StoreError):
+        await read(store)
+
+
+WRITES: dict[str, Callable[[Any], Awaitable[object]]] = {
+    "insert_client": lambda tx: tx.insert_client(a_client()),
+    "update_key": lambda tx: tx.update_key(a_key("k1"), KeyState.PENDING),
+    "append_event": lambda tx: tx.append_event("", "KEY_PUBLISHED", T0, "{}"),
+}
+
+
+@pytest.mark.parametrize("write", list(WRITES.values()), ids=list(WRITES))
+async def test_writes_to_a_broken_database_raise_only_store_errors(
+    store: Store, backend: Backend, tmp_path: Path, write: Callable[[Any], Awaitable[object]]
+) -> None:
+    await append(store, ("", T0))
+    await backend.sabotage(tmp_path)
+    with pytest.raises(StoreError):
+        async with store.transaction() as tx:
+            await write(tx)
