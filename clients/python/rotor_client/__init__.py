@@ -13,23 +13,25 @@ server never disagree on a message.
 
 from __future__ import annotations
 
-from rotor_client._auth import basic_auth, basic_auth_header
-from rotor_client._stubs import (
+from rotor.v1.key_admin_pb2 import (
     ApproveOperationRequest,
+    ListKeysRequest,
+    RevokeKeyRequest,
+    RotateKeysRequest,
+)
+from rotor.v1.key_admin_pb2_grpc import KeyAdminStub
+from rotor.v1.keys_pb2 import KeyEvent, KeySet
+from rotor.v1.token_service_pb2 import (
     GetKeySetRequest,
     IssueRequest,
-    KeyAdminStub,
-    KeyEvent,
-    KeySet,
-    ListKeysRequest,
     RefreshRequest,
-    RevokeKeyRequest,
     RevokeRequest,
-    RotateKeysRequest,
     TokenResponse,
-    TokenServiceStub,
     WatchKeyRotationsRequest,
 )
+from rotor.v1.token_service_pb2_grpc import TokenServiceStub
+
+from rotor_client._auth import basic_auth, basic_auth_header
 
 __all__ = [
     "ApproveOperationRequest",

@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import astuple
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,42 @@ def _operation(row: Iterable[Any]) -> Operation:
     return Operation(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], OperationState(r[8]), r[9], r[10])
 
 
+def _marks(values: tuple[Any, ...]) -> str:
+    return ", ".join("?" * len(values))
+
+
+# Encoders: each returns the values of its record in its _COLUMNS order.
+
+
+def _key_values(k: SigningKey) -> tuple[Any, ...]:
+    values = astuple(k)
+    return (*values[:3], k.state.value, *values[4:])
+
+
+def _client_values(c: Client) -> tuple[Any, ...]:
+    return (
+        c.client_id,
+        c.tenant,
+        c.secret_hash,
+        json.dumps(list(c.scopes)),
+        json.dumps(list(c.audiences)),
+        int(c.admin),
+        int(c.allow_any_subject),
+        int(c.disabled),
+        c.created_at,
+    )
+
+
+def _family_values(f: RefreshFamily) -> tuple[Any, ...]:
+    values = astuple(f)
+    return (*values[:4], json.dumps(list(f.scopes)), json.dumps(list(f.audiences)), *values[6:])
+
+
+def _operation_values(o: Operation) -> tuple[Any, ...]:
+    values = astuple(o)
+    return (*values[:8], o.state.value, *values[9:])
+
+
 def _states_clause(states: Collection[KeyState] | None) -> tuple[str, list[str]]:
     if states is None:
         return "", []
@@ -166,103 +203,49 @@ class _SqliteTx(_Reads):
         super().__init__(conn)
         self.appended = False
 
-    async def _insert(self, sql: str, params: Iterable[Any], what: str) -> None:
-        with _driver_errors(what):
-            await self._conn.execute(sql, tuple(params))
-
     async def _changed(self, sql: str, params: Iterable[Any], what: str = "row") -> bool:
         with _driver_errors(what):
             async with self._conn.execute(sql, tuple(params)) as cursor:
                 return cursor.rowcount > 0
 
+    async def _insert(self, table: str, columns: str, values: tuple[Any, ...], what: str) -> None:
+        await self._changed(f"INSERT INTO {table} ({columns}) VALUES ({_marks(values)})", values, what)
+
+    async def _replace(
+        self,
+        table: str,
+        columns: str,
+        values: tuple[Any, ...],
+        where: str,
+        params: tuple[Any, ...],
+        what: str,
+    ) -> bool:
+        """Write every column of one row, if it matches `where`."""
+        sql = f"UPDATE {table} SET ({columns}) = ({_marks(values)}) WHERE {where}"
+        return await self._changed(sql, (*values, *params), what)
+
     async def insert_client(self, client: Client) -> None:
-        await self._insert(
-            f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                client.client_id,
-                client.tenant,
-                client.secret_hash,
-                json.dumps(list(client.scopes)),
-                json.dumps(list(client.audiences)),
-                int(client.admin),
-                int(client.allow_any_subject),
-                int(client.disabled),
-                client.created_at,
-            ),
-            f"client {client.client_id!r}",
-        )
+        await self._insert("clients", _CLIENT_COLUMNS, _client_values(client), f"client {client.client_id!r}")
 
     async def update_client(self, client: Client) -> bool:
-        return await self._changed(
-            "UPDATE clients SET tenant = ?, secret_hash = ?, scopes = ?, audiences = ?, admin = ?, "
-            "allow_any_subject = ?, disabled = ? WHERE client_id = ?",
-            (
-                client.tenant,
-                client.secret_hash,
-                json.dumps(list(client.scopes)),
-                json.dumps(list(client.audiences)),
-                int(client.admin),
-                int(client.allow_any_subject),
-                int(client.disabled),
-                client.client_id,
-            ),
+        values = _client_values(client)
+        return await self._replace(
+            "clients", _CLIENT_COLUMNS, values, "client_id = ?", (client.client_id,), "client"
         )
 
     async def insert_key(self, key: SigningKey) -> None:
-        await self._insert(
-            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key.kid,
-                key.tenant,
-                key.alg,
-                key.state.value,
-                key.public_jwk,
-                key.sealed_private,
-                key.created_at,
-                key.activates_at,
-                key.retires_at,
-                key.expires_at,
-                key.revoked_at,
-                key.revocation_reason,
-            ),
-            f"key {key.kid!r}",
-        )
+        await self._insert("keys", _KEY_COLUMNS, _key_values(key), f"key {key.kid!r}")
 
     async def update_key(self, key: SigningKey, expected: KeyState) -> bool:
-        return await self._changed(  # the one-active-key index refuses a second ACTIVE key: AlreadyExists
-            "UPDATE keys SET state = ?, sealed_private = ?, activates_at = ?, retires_at = ?, expires_at = ?, "
-            "revoked_at = ?, revocation_reason = ? WHERE kid = ? AND state = ?",
-            (
-                key.state.value,
-                key.sealed_private,
-                key.activates_at,
-                key.retires_at,
-                key.expires_at,
-                key.revoked_at,
-                key.revocation_reason,
-                key.kid,
-                expected.value,
-            ),
-            f"an active key of tenant {key.tenant!r}" if key.state is KeyState.ACTIVE else f"key {key.kid!r}",
+        # the one-active-key index refuses a second ACTIVE key of a tenant: AlreadyExists
+        what = (
+            f"an active key of tenant {key.tenant!r}" if key.state is KeyState.ACTIVE else f"key {key.kid!r}"
         )
+        where, params = "kid = ? AND state = ?", (key.kid, expected.value)
+        return await self._replace("keys", _KEY_COLUMNS, _key_values(key), where, params, what)
 
     async def insert_family(self, family: RefreshFamily) -> None:
-        await self._insert(
-            f"INSERT INTO refresh_families ({_FAMILY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                family.family_id,
-                family.client_id,
-                family.tenant,
-                family.subject,
-                json.dumps(list(family.scopes)),
-                json.dumps(list(family.audiences)),
-                family.created_at,
-                family.expires_at,
-                family.revoked_at,
-                family.revoke_reason,
-            ),
-            "refresh family",
-        )
+        await self._insert("refresh_families", _FAMILY_COLUMNS, _family_values(family), "refresh family")
 
     async def revoke_family(self, family_id: str, at: float, reason: str) -> bool:
         return await self._changed(
@@ -271,18 +254,7 @@ class _SqliteTx(_Reads):
         )
 
     async def insert_refresh_token(self, token: RefreshToken) -> None:
-        await self._insert(
-            f"INSERT INTO refresh_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                token.token_hash,
-                token.family_id,
-                token.client_id,
-                token.issued_at,
-                token.expires_at,
-                token.used_at,
-            ),
-            "refresh token",
-        )
+        await self._insert("refresh_tokens", _TOKEN_COLUMNS, astuple(token), "refresh token")
 
     async def mark_refresh_token_used(self, token_hash: str, at: float) -> bool:
         return await self._changed(
@@ -290,47 +262,20 @@ class _SqliteTx(_Reads):
         )
 
     async def insert_revoked_token(self, revoked: RevokedToken) -> bool:
+        values = astuple(revoked)
         return await self._changed(
-            f"INSERT INTO revoked_tokens ({_REVOKED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (jti) DO NOTHING",
-            (
-                revoked.jti,
-                revoked.tenant,
-                revoked.client_id,
-                revoked.expires_at,
-                revoked.revoked_at,
-                revoked.reason,
-            ),
+            f"INSERT INTO revoked_tokens ({_REVOKED_COLUMNS}) VALUES ({_marks(values)}) ON CONFLICT (jti) DO NOTHING",
+            values,
         )
 
     async def insert_operation(self, operation: Operation) -> None:
-        await self._insert(
-            f"INSERT INTO operations ({_OPERATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                operation.operation_id,
-                operation.tenant,
-                operation.kind,
-                operation.target,
-                operation.reason,
-                operation.requested_by,
-                operation.created_at,
-                operation.expires_at,
-                operation.state.value,
-                operation.approved_by,
-                operation.applied_at,
-            ),
-            f"operation {operation.operation_id!r}",
-        )
+        what = f"operation {operation.operation_id!r}"
+        await self._insert("operations", _OPERATION_COLUMNS, _operation_values(operation), what)
 
     async def update_operation(self, operation: Operation, expected_state: str) -> bool:
-        return await self._changed(
-            "UPDATE operations SET state = ?, approved_by = ?, applied_at = ? WHERE operation_id = ? AND state = ?",
-            (
-                operation.state.value,
-                operation.approved_by,
-                operation.applied_at,
-                operation.operation_id,
-                expected_state,
-            ),
+        where, params = "operation_id = ? AND state = ?", (operation.operation_id, expected_state)
+        return await self._replace(
+            "operations", _OPERATION_COLUMNS, _operation_values(operation), where, params, "operation"
         )
 
     async def append_event(self, tenant: str, type_: str, occurred_at: float, payload: str) -> int:
