@@ -10,6 +10,7 @@ file may know which backend it runs against.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -759,3 +760,39 @@ async def test_writes_to_a_broken_database_raise_only_store_errors(
     with pytest.raises(StoreError):
         async with store.transaction() as tx:
             await write(tx)
+
+
+class TestCancellation:
+    """A caller cancelled at any await (a client hanging up mid-call) leaves the store usable."""
+
+    @staticmethod
+    async def _cancel_after(spins: int, work: Callable[[], Awaitable[Any]]) -> None:
+        task = asyncio.ensure_future(work())
+        for _ in range(spins):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def test_cancelled_snapshots_do_not_freeze_later_reads(self, store: Store) -> None:
+        for spins in range(30):
+            await self._cancel_after(spins, lambda: store.snapshot("", T0))
+        async with store.transaction() as tx:
+            sequence = await tx.append_event("", "KEY_PUBLISHED", T0, "{}")
+        assert await store.last_sequence() == sequence
+        assert (await store.snapshot("", T0)).sequence == sequence
+        assert [e.sequence for e in await store.events_after(0)] == [sequence]
+
+    async def test_cancelled_transactions_roll_back_and_do_not_block_later_ones(self, store: Store) -> None:
+        async def append() -> None:
+            async with store.transaction() as tx:
+                await tx.append_event("", "KEY_PUBLISHED", T0, "{}")
+                await tx.append_event("", "KEY_ACTIVATED", T0, "{}")
+
+        for spins in range(30):
+            await self._cancel_after(spins, append)
+        events = await store.events_after(0)
+        assert len(events) % 2 == 0, "a cancelled transaction left half its events behind"
+        async with store.transaction() as tx:
+            sequence = await tx.append_event("", "KEY_RETIRED", T0, "{}")
+        assert await store.last_sequence() == sequence

@@ -360,12 +360,14 @@ class SqliteStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTx]:
         async with self._write_lock:
-            try:
-                await self._writer.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                raise Unavailable(f"the SQLite store is busy: {e}") from e
+            if self._writer.in_transaction:  # safety net: a cancelled caller's transaction is never joined
+                await self._rollback()
             tx = _SqliteTx(self._writer)
             try:
+                try:  # BEGIN inside: a caller cancelled while it runs must still roll back
+                    await self._writer.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as e:
+                    raise Unavailable(f"the SQLite store is busy: {e}") from e
                 yield tx
             except BaseException:
                 await asyncio.shield(self._rollback())
@@ -385,6 +387,7 @@ class SqliteStore:
 
     async def _read(self, method: Callable[..., Any], *args: Any) -> Any:
         async with self._read_lock:
+            await self._end_stray_read()
             try:
                 return await method(*args)
             except sqlite3.Error as e:
@@ -426,9 +429,12 @@ class SqliteStore:
 
     async def snapshot(self, tenant: str, now: float) -> Snapshot:
         async with self._read_lock:
+            await self._end_stray_read()
             try:
-                await self._reader.execute("BEGIN")
                 try:
+                    # BEGIN inside the try: a cancelled caller must still COMMIT, or the shared
+                    # reader would stay in a stale read transaction for every later read.
+                    await self._reader.execute("BEGIN")
                     keys = await self._reads.list_keys(
                         tenant, (KeyState.PENDING, KeyState.ACTIVE, KeyState.RETIRED)
                     )
@@ -439,10 +445,19 @@ class SqliteStore:
                     )
                     sequence = await self._reads.last_sequence(tenant)
                 finally:
-                    await self._reader.execute("COMMIT")
+                    await asyncio.shield(self._end_read())
             except (sqlite3.Error, Unavailable) as e:
                 raise Unavailable(f"the SQLite store could not be read: {e}") from e
         return Snapshot(tenant, sequence, tuple(keys), tuple(_revoked(r) for r in rows))
+
+    async def _end_read(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # none open: BEGIN never ran
+            await self._reader.execute("COMMIT")
+
+    async def _end_stray_read(self) -> None:
+        """Safety net: never start a read inside a transaction some cancelled caller left open."""
+        if self._reader.in_transaction:
+            await self._end_read()
 
     async def last_sequence(self, tenant: str | None = None) -> int:
         result: int = await self._read(self._reads.last_sequence, tenant)
