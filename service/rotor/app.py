@@ -121,15 +121,17 @@ class RotorServer:
         self.hub: EventHub[bytes] = EventHub(self.store, self.encoder.event, on_event=self._on_event)
         self.rotator = Rotator(self.keys, self.store, self.clock)
 
+        self.health = health_aio.HealthServicer()
+        await self._set_health()
+        # The hub first: from here on, a key change by any process reaches the key ring.
+        await self.hub.start()
+        self._running.push_async_callback(self.hub.close)
         for tenant in self.keys.tenants:
             await self.keyring.refresh(tenant)
         await self.rotator.tick()  # the first key on a new store, and anything due while we were down
-        await self.hub.start()
-        self._running.push_async_callback(self.hub.close)
         self.rotator.start()
         self._running.push_async_callback(self.rotator.stop)
 
-        self.health = health_aio.HealthServicer()
         self.server = aio.server(options=GRPC_OPTIONS)
         auth = CallerAuth(Authenticator(self.store, self.clock))
         self.server.add_generic_rpc_handlers(

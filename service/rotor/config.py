@@ -14,6 +14,7 @@ from typing import Any
 
 ALGORITHMS = ("EdDSA", "ES256", "ES384", "PS256", "RS256")
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -186,6 +187,10 @@ def policy_violations(config: Config) -> list[str]:
         out.append(f"keys.algorithm: {k.algorithm!r} is refused ({why}); use one of {', '.join(ALGORITHMS)}")
     if k.rsa_bits < MIN_RSA_BITS:
         out.append(f"keys.rsa_bits: {k.rsa_bits} is under the minimum of {MIN_RSA_BITS}")
+    elif k.rsa_bits > MAX_RSA_BITS:
+        out.append(
+            f"keys.rsa_bits: {k.rsa_bits} is over the maximum of {MAX_RSA_BITS} (key generation would stall)"
+        )
     if k.publish_lead < k.max_cache_age:
         out.append(
             f"keys.publish_lead ({format_duration(k.publish_lead)}) must be at least keys.max_cache_age "

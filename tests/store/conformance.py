@@ -624,6 +624,15 @@ class TestPrune:
         assert await store.get_family("live-family") is not None
         assert await store.get_refresh_token("33" * 32) is not None
 
+    async def test_prune_keeps_a_used_refresh_token_while_its_family_lives(self, store: Store) -> None:
+        now = T0 + 1000
+        async with store.transaction() as tx:
+            await tx.insert_family(a_family("live-family", expires_at=now + 100))
+            await tx.insert_refresh_token(a_refresh_token("44" * 32, "live-family", expires_at=now - 1))
+            assert await tx.mark_refresh_token_used("44" * 32, now - 10)
+        await store.prune(now, event_horizon=T0)
+        assert await store.get_refresh_token("44" * 32) is not None, "a replay of it would not be caught"
+
     async def test_prune_drops_old_events_but_keeps_each_tenants_newest(self, store: Store) -> None:
         horizon = T0 + 500
         _s1, s2, s3, s4 = await append(store, ("a", T0), ("b", T0 + 1), ("a", T0 + 2), ("a", T0 + 600))

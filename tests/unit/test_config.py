@@ -151,6 +151,7 @@ def violations(doc: dict[str, Any]) -> list[str]:
         pytest.param({"keys": {"algorithm": "hs512"}}, "keys.algorithm", id="hs512"),
         pytest.param({"keys": {"rsa_bits": 1024}}, "keys.rsa_bits", id="rsa-under-2048"),
         pytest.param({"keys": {"rsa_bits": 2047}}, "keys.rsa_bits", id="rsa-2047"),
+        pytest.param({"keys": {"rsa_bits": 65536}}, "keys.rsa_bits", id="rsa-over-8192"),
         pytest.param(
             {"keys": {"publish_lead": "4m", "max_cache_age": "5m"}},
             "keys.publish_lead",

@@ -420,6 +420,13 @@ class TestRevokeAccessToken:
                 ),
                 id="alg-none",
             ),
+            pytest.param(
+                lambda claims, kid: f"{b64url(b'[' * 5000)}.{b64url(b'{}')}.AAAA", id="deeply-nested-header"
+            ),
+            pytest.param(
+                lambda claims, kid: f"{b64url(b'{}')}.{b64url(b'[' * 5000)}.AAAA", id="deeply-nested-claims"
+            ),
+            pytest.param(lambda claims, kid: f"{b64url(b'{}' * 2000)}.e30.AAAA", id="huge-header"),
         ],
     )
     async def test_tokens_that_are_not_ours_are_not_revoked(

@@ -45,6 +45,7 @@ STATUS_OF: dict[type[e.RotorError], grpc.StatusCode] = {
     e.OperationExpired: grpc.StatusCode.FAILED_PRECONDITION,
     e.KeyNotRevocable: grpc.StatusCode.FAILED_PRECONDITION,
     e.TooManyWatchers: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.TooManyRequests: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.WatcherTooSlow: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     e.NoActiveKey: grpc.StatusCode.UNAVAILABLE,

@@ -152,7 +152,10 @@ class TokenServicer:
                             yield self._encoder.event(stored.decode())
                             last = stored.sequence
                 else:
-                    snap = await self._store.snapshot(tenant, self._clock.now())
+                    # a revoked token stays listed while a verifier allowing clock skew could still accept it
+                    snap = await self._store.snapshot(
+                        tenant, self._clock.now() - self._keys.policy.clock_skew
+                    )
                     yield self._encoder.snapshot(snap, self._clock.now())
                     last = snap.sequence
                 while True:

@@ -13,17 +13,22 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from rotor.clock import Clock
 from rotor.core import validation
-from rotor.core.errors import ClientDisabled, InvalidClient, InvalidRequest, quote
+from rotor.core.errors import ClientDisabled, InvalidClient, InvalidRequest, TooManyRequests, quote
 from rotor.core.model import DEFAULT_TENANT, Client
 from rotor.store import AlreadyExists, Store
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 CACHE_TTL = 300.0  # how long a secret that matched its stored hash skips the slow check
 CACHE_SIZE = 10_000
+MAX_PENDING_CHECKS = 64  # slow secret checks queued at once; more is a flood, refused
+# Slow secret checks get their own threads, so a flood of wrong secrets cannot
+# delay other work that runs in threads (key generation above all).
+_HASHING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rotor-secret-check")
 
 
 def new_secret() -> str:
@@ -164,7 +169,10 @@ class Authenticator:
         flight = (*key, digest)
         pending = self._inflight.get(flight)
         if pending is None:
-            pending = asyncio.ensure_future(asyncio.to_thread(verify_secret, client.secret_hash, secret))
+            if len(self._inflight) >= MAX_PENDING_CHECKS:
+                raise TooManyRequests("too many client authentications are being checked; retry with backoff")
+            loop = asyncio.get_running_loop()
+            pending = loop.run_in_executor(_HASHING, verify_secret, client.secret_hash, secret)
             self._inflight[flight] = pending
             pending.add_done_callback(lambda _: self._inflight.pop(flight, None))
         if not await asyncio.shield(pending):

@@ -7,6 +7,7 @@ Only asymmetric algorithms exist here: a shared secret (HS*) or no signature
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from jwt.algorithms import Algorithm
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -27,6 +29,8 @@ PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublic
 _CURVES: dict[str, ec.EllipticCurve] = {"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1()}
 _THUMBPRINT_MEMBERS = {"OKP": ("crv", "kty", "x"), "EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}
 ACCESS_TOKEN_TYPE = "at+jwt"
+MAX_HEADER = 1024  # base64url characters; ours is about 150
+MAX_CLAIMS = 8192
 
 
 class CryptoError(Exception):
@@ -84,7 +88,9 @@ def public_jwk(key: PrivateKey, alg: str) -> dict[str, Any]:
     return {"kid": thumbprint(public), "alg": alg, "use": "sig", **public}
 
 
+@functools.lru_cache(maxsize=64)
 def public_key_from_jwk(jwk_json: str, alg: str) -> Any:
+    """The key object of a public JWK (cached: the key set changes rarely)."""
     return jwt.get_algorithm_by_name(alg).from_jwk(jwk_json)
 
 
@@ -96,15 +102,17 @@ class Signer:
     alg: str
     private_key: PrivateKey
     header_b64: str
+    algorithm: Algorithm
 
     @classmethod
     def for_key(cls, kid: str, alg: str, private_key: PrivateKey) -> Signer:
         header = {"alg": alg, "kid": kid, "typ": ACCESS_TOKEN_TYPE}
-        return cls(kid, alg, private_key, b64url(json.dumps(header, separators=(",", ":")).encode()))
+        header_b64 = b64url(json.dumps(header, separators=(",", ":")).encode())
+        return cls(kid, alg, private_key, header_b64, jwt.get_algorithm_by_name(alg))
 
     def sign(self, claims: dict[str, Any]) -> str:
         signing_input = f"{self.header_b64}.{b64url(json.dumps(claims, separators=(',', ':')).encode())}"
-        signature = jwt.get_algorithm_by_name(self.alg).sign(signing_input.encode("ascii"), self.private_key)
+        signature = self.algorithm.sign(signing_input.encode("ascii"), self.private_key)
         return f"{signing_input}.{b64url(signature)}"
 
 
@@ -113,7 +121,12 @@ def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     parts = token.split(".")
     if len(parts) != 3:
         raise ValueError("not a compact JWS")
-    header, claims = json.loads(b64url_decode(parts[0])), json.loads(b64url_decode(parts[1]))
+    if len(parts[0]) > MAX_HEADER or len(parts[1]) > MAX_CLAIMS:
+        raise ValueError("JWS header or payload is larger than any token of ours")
+    try:
+        header, claims = json.loads(b64url_decode(parts[0])), json.loads(b64url_decode(parts[1]))
+    except RecursionError:  # deeply nested JSON
+        raise ValueError("JWS header or payload nests too deeply") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise ValueError("JWS header and payload must be JSON objects")
     return header, claims

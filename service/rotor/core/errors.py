@@ -18,7 +18,7 @@
     ├── SelfApproval              approving one's own operation
     ├── KeyNotFound / OperationNotFound / TenantNotFound
     ├── OperationAlreadyApplied / OperationExpired / KeyNotRevocable
-    ├── TooManyWatchers / WatcherTooSlow
+    ├── TooManyWatchers / TooManyRequests / WatcherTooSlow
     └── ShuttingDown / NoActiveKey / StoreUnavailable
 
 The api layer maps each class to a status code in one table; `reason` is the
@@ -195,6 +195,12 @@ class TooManyWatchers(RotorError):
     """Raised when a client or peer holds too many WatchKeyRotations streams."""
 
     reason = "TOO_MANY_WATCHERS"
+
+
+class TooManyRequests(RotorError):
+    """Raised when the server is refusing more work of one kind for now; retry with backoff."""
+
+    reason = "TOO_MANY_REQUESTS"
 
 
 class WatcherTooSlow(RotorError):

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from rotor.clock import Clock
@@ -53,13 +55,18 @@ from rotor.store import Store, Tx
 log = logging.getLogger("rotor.keys")
 
 APPROVAL_WINDOW = 3600.0  # how long a revocation waits for its second admin
+# Key generation has a thread of its own: never queued behind other work.
+_KEYGEN = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotor-keygen")
 
 
 class KeyRing:
     """Each tenant's live keys and the signer of its active key, held in memory.
 
-    Refreshed after every key change this process makes, and by the event hub
-    for changes made elsewhere.
+    Installed straight from the transaction after every key change this
+    process makes (no await in between, so a revoked key never signs again),
+    and refreshed by the event hub for changes made elsewhere. Each view is
+    tagged with the event sequence it reflects, and an older view never
+    replaces a newer one.
     """
 
     def __init__(self, store: Store, sealer: Sealer) -> None:
@@ -67,10 +74,18 @@ class KeyRing:
         self._sealer = sealer
         self._live: dict[str, tuple[SigningKey, ...]] = {}
         self._signers: dict[str, Signer] = {}
+        self._sequence: dict[str, int] = {}
 
     async def refresh(self, tenant: str) -> None:
-        keys = tuple(await self._store.list_keys(tenant, LIVE_STATES))
-        active = lifecycle.active_key(keys)
+        snap = await self._store.snapshot(tenant, math.inf)  # keys and sequence, read together
+        self.install(tenant, snap.keys, snap.sequence)
+
+    def install(self, tenant: str, keys: Sequence[SigningKey], sequence: int) -> None:
+        """Adopt `keys` (the tenant's live keys as of event `sequence`) unless a newer view is held."""
+        if sequence < self._sequence.get(tenant, 0):
+            return
+        live = tuple(k for k in keys if k.state.in_key_set)
+        active = lifecycle.active_key(live)
         signer = self._signers.get(tenant)
         if active is None:
             self._signers.pop(tenant, None)
@@ -81,7 +96,8 @@ class KeyRing:
             else:
                 private = private_from_bytes(self._sealer.unseal(active.sealed_private, active.kid.encode()))
                 self._signers[tenant] = Signer.for_key(active.kid, active.alg, private)
-        self._live[tenant] = keys
+        self._live[tenant] = live
+        self._sequence[tenant] = sequence
 
     def signer(self, tenant: str) -> Signer:
         signer = self._signers.get(tenant)
@@ -152,7 +168,8 @@ class KeyManager:
 
     async def _prepare_key(self, tenant: str) -> SigningKey:
         """A new key, probed and sealed; its state and timeline are set when it is installed."""
-        private = await asyncio.to_thread(generate_private_key, self._algorithm, self._rsa_bits)
+        loop = asyncio.get_running_loop()
+        private = await loop.run_in_executor(_KEYGEN, generate_private_key, self._algorithm, self._rsa_bits)
         jwk = public_jwk(private, self._algorithm)
         kid = jwk["kid"]
         probe(Signer.for_key(kid, self._algorithm, private), jwk)
@@ -182,16 +199,21 @@ class KeyManager:
 
     async def _append(
         self, tx: Tx, tenant: str, now: float, changes: list[tuple[EventType, SigningKey]]
-    ) -> None:
-        """Append one event per change, each carrying the key set as of the transaction's end."""
-        if not changes:
-            return
-        keyset = tuple(await tx.list_keys(tenant, LIVE_STATES))
-        for type_, key in changes:
-            await tx.append_event(tenant, type_.value, now, Event.encode_payload(key, keyset, None))
+    ) -> tuple[tuple[SigningKey, ...], int]:
+        """Append one event per change, each carrying the key set as of the transaction's end.
 
-    async def _after_change(self, tenant: str) -> None:
-        await self.keyring.refresh(tenant)
+        Returns that key set and the last sequence written.
+        """
+        keyset = tuple(await tx.list_keys(tenant, LIVE_STATES))
+        sequence = 0
+        for type_, key in changes:
+            sequence = await tx.append_event(
+                tenant, type_.value, now, Event.encode_payload(key, keyset, None)
+            )
+        return keyset, sequence
+
+    def _after_change(self, tenant: str, keyset: tuple[SigningKey, ...], sequence: int) -> None:
+        self.keyring.install(tenant, keyset, sequence)
         self.changed.set()
 
     # -- the schedule ------------------------------------------------------
@@ -211,16 +233,15 @@ class KeyManager:
             changes: list[tuple[EventType, SigningKey]] = []
             for transition in lifecycle.due(keys, now, self.policy):  # again: another process may have acted
                 changes += await self._apply(tx, transition, keys, now, spare)
-            await self._append(tx, tenant, now, changes)
-            keys = await tx.list_keys(tenant, LIVE_STATES)
+            keyset, sequence = await self._append(tx, tenant, now, changes)
         if changes:
             log.info(
                 "key transitions for tenant %r: %s",
                 tenant,
                 ", ".join(f"{t.value} {k.kid}" for t, k in changes),
             )
-            await self._after_change(tenant)
-        return lifecycle.next_change_at(keys, self.policy)
+            self._after_change(tenant, keyset, sequence)
+        return lifecycle.next_change_at(keyset, self.policy)
 
     async def _apply(
         self,
@@ -312,7 +333,7 @@ class KeyManager:
                 if active is not None:
                     changes.append((EventType.KEY_RETIRED, retired))
                 changes += [(EventType.KEY_EXPIRED, k) for k in superseded]
-            await self._append(tx, tenant, now, changes)
+            keyset, sequence = await self._append(tx, tenant, now, changes)
         log.info(
             "rotated keys of tenant %r (immediate=%s): new key %s; reason: %s",
             tenant,
@@ -320,7 +341,7 @@ class KeyManager:
             key.kid,
             reason,
         )
-        await self._after_change(tenant)
+        self._after_change(tenant, keyset, sequence)
         return key
 
     async def revoke(self, kid: str, *, reason: str, actor: str) -> Revocation:
@@ -428,9 +449,9 @@ class KeyManager:
                     fresh = self._install(spare, KeyState.ACTIVE, now, now)
                     await tx.insert_key(fresh)
                     changes += [(EventType.KEY_PUBLISHED, fresh), (EventType.KEY_ACTIVATED, fresh)]
-            await self._append(tx, key.tenant, now, changes)
+            keyset, sequence = await self._append(tx, key.tenant, now, changes)
         log.warning("revoked key %s of tenant %r: %s", kid, key.tenant, reason)
-        await self._after_change(key.tenant)
+        self._after_change(key.tenant, keyset, sequence)
         return revoked
 
     async def list_keys(self, tenant: str, *, include_expired: bool) -> list[SigningKey]:

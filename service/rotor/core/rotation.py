@@ -50,7 +50,8 @@ class Rotator:
         now = self._clock.now()
         if now - self._last_prune >= self._prune_every:
             self._last_prune = now
-            removed = await self._store.prune(now, now - self._event_retention)
+            # clock skew: a verifier may accept a token that long past `exp`, so its revocation must outlive it
+            removed = await self._store.prune(now - self._keys.policy.clock_skew, now - self._event_retention)
             if removed:
                 log.info("pruned %d expired rows", removed)
         return next_at

@@ -166,6 +166,7 @@ class Store(Protocol):
         ...
 
     async def prune(self, now: float, event_horizon: float) -> int:
-        """Drop expired revocations, refresh tokens and families, and events older than
-        `event_horizon` (each tenant's newest kept); returns rows removed."""
+        """Drop revocations and families expired by `now` (with their refresh tokens), unused
+        refresh tokens expired by `now` (a used one stays with its family, so a replay is still
+        caught), and events older than `event_horizon` (each tenant's newest kept); returns rows removed."""
         ...

@@ -483,7 +483,8 @@ class SqliteStore:
         async with self.transaction() as tx:
             for sql, params in (
                 ("DELETE FROM revoked_tokens WHERE expires_at <= ?", (now,)),
-                ("DELETE FROM refresh_tokens WHERE expires_at <= ?", (now,)),
+                # a used token stays as long as its family, so replaying it is still detected as reuse
+                ("DELETE FROM refresh_tokens WHERE expires_at <= ? AND used_at IS NULL", (now,)),
                 (
                     "DELETE FROM refresh_families WHERE expires_at <= ? "
                     "OR (revoked_at IS NOT NULL AND NOT EXISTS "

@@ -46,7 +46,9 @@ class IssueRequest(_message.Message):
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """Lifetime of the access token; unset means the configured access_ttl."""
+        """Lifetime of the access token: positive, at most the configured
+        max_access_ttl, whole seconds. Unset means the configured access_ttl.
+        """
 
     def __init__(
         self,
