@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import grpc
 import pytest
@@ -132,3 +133,18 @@ def test_quote_of_a_huge_escaped_input_is_short(value: str) -> None:
 @pytest.mark.parametrize("value", ["", "svc-a", "x" * 32])
 def test_quote_of_a_short_input_is_its_repr(value: str) -> None:
     assert quote(value) == repr(value)
+
+
+def test_the_readme_lists_every_reason_under_its_status() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = {
+        line.split("|")[1].split()[0]: line
+        for line in readme.splitlines()
+        if line.startswith("| ") and "`" in line
+    }
+    for error, status in STATUS_OF.items():
+        if error is errors.InvalidRequest:
+            continue  # its reason is given per case (FIELD_REQUIRED, VALUE_TOO_LONG, ...)
+        assert f"`{error.reason}`" in rows.get(status.name, ""), (
+            f"{error.reason} is not listed under {status.name}"
+        )
