@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/rotor/v1/*.proto)
 GEN_DIR := service
+# the protos with their comments, for reflection (grpcurl describe shows them)
+DESCRIPTORS := rotor/v1/descriptors.binpb
 
 .PHONY: run test acceptance check proto proto-check lint types fmt ci clean
 
@@ -30,14 +32,16 @@ acceptance: $(STAMP)
 proto: $(STAMP)
 	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
 		--python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
-		--mypy_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) $(PROTOS)
+		--mypy_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) \
+		--include_source_info --descriptor_set_out=$(GEN_DIR)/$(DESCRIPTORS) $(PROTOS)
 
 ## proto-check: fail when the committed stubs differ from what protos/ generates
 proto-check: $(STAMP)
 	@tmp=$$(mktemp -d) && export PATH=$(BIN):$$PATH && \
 	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
 		--python_out=$$tmp --grpc_python_out=$$tmp \
-		--mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTOS) && \
+		--mypy_out=$$tmp --mypy_grpc_out=$$tmp \
+		--include_source_info --descriptor_set_out=$$tmp/$(DESCRIPTORS) $(PROTOS) && \
 	for f in $$tmp/rotor/v1/*; do \
 		cmp -s $$f $(GEN_DIR)/rotor/v1/$$(basename $$f) || { echo "stale: $(GEN_DIR)/rotor/v1/$$(basename $$f) (run make proto)"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "stubs are up to date"

@@ -58,3 +58,27 @@ async def test_reflection_lists_and_describes_every_service(rotor: Rotor, versio
         methods = {f"{f.package}.{s.name}": {m.name for m in s.method} for f in files for s in f.service}
         assert method in methods.get(symbol, set()), f"{version}: {symbol} not described: {methods}"
     await call.done_writing()
+
+
+async def test_reflection_carries_the_protos_comments_for_grpcurl_describe(rotor: Rotor) -> None:
+    info = rotor.channel().stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    call = info(timeout=10)
+    await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol="rotor.v1.IssueRequest"))
+    response = await call.read()
+    await call.done_writing()
+    files = {
+        f.name: f
+        for f in map(
+            descriptor_pb2.FileDescriptorProto.FromString,
+            response.file_descriptor_response.file_descriptor_proto,
+        )
+    }
+    comments = " ".join(
+        loc.leading_comments for loc in files["rotor/v1/token_service.proto"].source_code_info.location
+    )
+    assert "IssueRequest asks for an access token" in comments
+    assert "rotor/v1/keys.proto" in files, "a dependency is missing from the response"
