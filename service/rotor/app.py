@@ -165,9 +165,12 @@ class RotorServer:
         await self._set_health()
 
     async def _on_event(self, event: Event) -> None:
-        if event.key is not None:  # a key changed, perhaps in another process: sign with the right one
+        if event.key is None:
+            return
+        # A key changed in another process (this one's changes are installed at commit): sign with the right one.
+        if event.sequence > self.keyring.sequence(event.tenant):
             await self.keyring.refresh(event.tenant)
-            await self._set_health()
+        await self._set_health()
 
     async def _set_health(self) -> None:
         serving = all(self.keyring.has_active(t) for t in self.keys.tenants)

@@ -99,6 +99,10 @@ class KeyRing:
         self._live[tenant] = live
         self._sequence[tenant] = sequence
 
+    def sequence(self, tenant: str) -> int:
+        """The event sequence the tenant's view reflects."""
+        return self._sequence.get(tenant, 0)
+
     def signer(self, tenant: str) -> Signer:
         signer = self._signers.get(tenant)
         if signer is None:
