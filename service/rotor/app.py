@@ -188,9 +188,6 @@ class RotorServer:
         await self.server.stop(grace)
         await self._running.aclose()
 
-    async def wait(self) -> None:
-        await self.server.wait_for_termination()
-
 
 def address(listen: str, port: int) -> str:
     host = listen.rpartition(":")[0]

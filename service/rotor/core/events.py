@@ -111,9 +111,6 @@ class EventHub(Generic[T]):
         if subs is not None:
             subs.discard(sub)
 
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._subscribers.values())
-
     async def close(self) -> None:
         """End every subscription ("shutdown") and stop tailing."""
         self._stopping = True

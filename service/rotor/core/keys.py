@@ -109,9 +109,6 @@ class KeyRing:
             raise NoActiveKey("no signing key is active yet; the server is starting, retry in a moment")
         return signer
 
-    def live_keys(self, tenant: str) -> tuple[SigningKey, ...]:
-        return self._live.get(tenant, ())
-
     def find(self, kid: str) -> SigningKey | None:
         for keys in self._live.values():
             for key in keys:
