@@ -8,7 +8,7 @@ GEN_DIR := service
 # the protos with their comments, for reflection (grpcurl describe shows them)
 DESCRIPTORS := rotor/v1/descriptors.binpb
 
-.PHONY: run test acceptance check proto proto-check lint types fmt ci clean
+.PHONY: run test acceptance bench bench-smoke check proto proto-check lint types fmt ci clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,6 +27,14 @@ test: $(STAMP)
 ## acceptance: the shared black-box suite for the contract
 acceptance: $(STAMP)
 	$(BIN)/pytest ../shared/acceptance $(ACCEPTANCE_ARGS)
+
+## bench: performance figures, as ratios to baselines measured in the same run
+bench: $(STAMP)
+	$(BIN)/python bench/verify.py
+
+## bench-smoke: the benchmark in a few seconds, so the harness cannot rot (CI runs it)
+bench-smoke: $(STAMP)
+	$(BIN)/python bench/verify.py --rounds 1 --seconds 0.05
 
 ## proto: regenerate the stubs in service/rotor/v1 from protos/
 proto: $(STAMP)
@@ -47,15 +55,15 @@ proto-check: $(STAMP)
 	done; rm -rf $$tmp; echo "stubs are up to date"
 
 lint: $(STAMP)
-	$(BIN)/ruff check service clients tests
-	$(BIN)/ruff format --check service clients tests
+	$(BIN)/ruff check service clients tests examples bench
+	$(BIN)/ruff format --check service clients tests examples bench
 
 types: $(STAMP)
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff format service clients tests
-	$(BIN)/ruff check --fix service clients tests
+	$(BIN)/ruff format service clients tests examples bench
+	$(BIN)/ruff check --fix service clients tests examples bench
 
 ## check: lint, types and stale stubs
 check: lint types proto-check

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -91,8 +92,8 @@ Demo client (admin; a fresh secret at every start):
 Try:
   grpcurl -plaintext -H 'authorization: Basic {basic}' -d '{request}' {where} rotor.v1.TokenService/Issue
 
-For the README's walkthrough:
-  export ROTOR={where} AUTH={basic}
+For the README's walkthrough and the Python examples:
+  export ROTOR={where} AUTH={basic} ROTOR_CLIENT_ID={DEMO_CLIENT} ROTOR_CLIENT_SECRET={secret} ROTOR_ISSUER={shlex.quote(server.config.issuer)}
 """,
         flush=True,
     )

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import pathlib
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from .support import DevServer, bash, env_with_bin
+from .support import DevServer, bash, env_with_bin, free_port
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 HEADING = "## Try it with grpcurl"
@@ -127,3 +130,79 @@ def test_the_walkthrough_harness_runs_a_sample(dev: DevServer, tmp_path: pathlib
     check_outputs(lines, stderr, outputs)
     assert "refresh_token" in outputs[2], "the first use of the refresh token failed"
     assert outputs[3] == "" and "Unauthenticated" in stderr, "the second use was not refused"
+
+
+# -- "Verify tokens in your service": the Python examples, and examples/ ----------
+
+PYTHON_HEADING = "## Verify tokens in your service"
+EXAMPLES = README.parent / "examples"
+
+
+def python_blocks(markdown: str) -> list[str]:
+    """The ```python blocks of the section on verifying tokens, in order."""
+    section = markdown.split(PYTHON_HEADING, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```python\s*\n(.*?)^```", section, re.M | re.S)
+
+
+def run_python(path: pathlib.Path, dev: DevServer, cwd: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    """`python path` in a shell that pasted the dev server's export line, as the README says."""
+    assert dev.export_line is not None, dev.banner
+    return bash(f"{dev.export_line}\n{sys.executable} {path}\n", env=env_with_bin(), cwd=cwd, timeout=60)
+
+
+def test_the_readme_python_examples_run_as_written(dev: DevServer, tmp_path: pathlib.Path) -> None:
+    blocks = python_blocks(README.read_text())
+    assert len(blocks) >= 2, "the README shows an asyncio and a threaded example"
+    outputs = []
+    for i, block in enumerate(blocks):
+        script = tmp_path / f"example{i}.py"
+        script.write_text(block)
+        done = run_python(script, dev, tmp_path)
+        assert done.returncode == 0, f"README example {i} failed:\n{block}\n{done.stdout}\n{done.stderr}"
+        outputs.append(done.stdout)
+    assert outputs[0].startswith("verified demo ['demo.read']"), outputs[0]
+    assert outputs[1].splitlines() == ["verified demo", "rejected INVALID_SIGNATURE"], outputs[1]
+
+
+def test_the_example_service_admits_a_token_it_verified_locally(
+    dev: DevServer, tmp_path: pathlib.Path
+) -> None:
+    assert dev.export_line is not None, dev.banner
+    port = free_port()
+    env = env_with_bin(ORDERS_LISTEN=f"127.0.0.1:{port}")
+    log = (tmp_path / "orders.log").open("w")
+    service = subprocess.Popen(
+        ["bash", "-c", f"{dev.export_line}\nexec {sys.executable} {EXAMPLES / 'orders_service.py'}"],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "serving on" not in (tmp_path / "orders.log").read_text():
+            assert service.poll() is None, (tmp_path / "orders.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "orders.log").read_text()
+            time.sleep(0.05)
+        done = bash(
+            f"{dev.export_line}\n{sys.executable} {EXAMPLES / 'orders_client.py'}\n",
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "orders.log").read_text()
+        assert done.stdout.startswith("orders of demo for client demo (scopes: demo.read)"), done.stdout
+        # without a token, the service refuses the call before its handler runs
+        anonymous = bash(
+            f"{sys.executable} -c 'import grpc; from google.protobuf import wrappers_pb2 as w; "
+            f'c = grpc.secure_channel("127.0.0.1:{port}", grpc.local_channel_credentials()); '
+            'f = c.unary_unary("/examples.Orders/List", request_serializer=w.StringValue.SerializeToString, '
+            "response_deserializer=w.StringValue.FromString); f(w.StringValue(), timeout=10)'",
+            env=env,
+            cwd=tmp_path,
+        )
+        assert anonymous.returncode != 0 and "UNAUTHENTICATED" in anonymous.stderr, anonymous.stderr
+    finally:
+        service.terminate()
+        service.wait(timeout=10)
+        log.close()

@@ -145,6 +145,7 @@ class TokenServicer:
         with self._limits.hold(client, context.peer()):
             sub = self._hub.subscribe(tenant)  # before reading: nothing committed from now on is missed
             try:
+                await context.send_initial_metadata(())  # the watcher knows it is connected before any event
                 last = request.after_sequence
                 if await self._can_resume(tenant, last):
                     while events := await self._store.events_after(last, tenant):
