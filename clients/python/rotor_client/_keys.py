@@ -46,6 +46,8 @@ def verification_key(kid: str, alg: str, jwk: str | Mapping[str, Any]) -> Verifi
     doc = json.loads(jwk) if isinstance(jwk, str) else dict(jwk)
     if not isinstance(doc, dict) or "d" in doc or doc.get("kty") == "oct":
         raise ValueError(f"key {kid!r} is not a public asymmetric JWK")
+    if doc.get("use", "sig") != "sig":
+        raise ValueError(f"key {kid!r} is for {doc.get('use')!r}, not for signatures (use: sig)")
     if doc.get("alg", alg) != alg:
         raise ValueError(f"key {kid!r}: its JWK says alg {doc.get('alg')!r} but it is listed as {alg!r}")
     algorithm = jwt.get_algorithm_by_name(alg)
@@ -105,6 +107,8 @@ class KeyCache:
     def _parse(self, keys: Iterable[tuple[str, str, str]], tenant: str) -> dict[str, VerificationKey]:
         parsed: dict[str, VerificationKey] = {}
         for kid, alg, jwk in keys:
+            if kid in self.revoked_kids:
+                continue  # an older key set may still list it; it never verifies again
             known = self.keys.get(kid)
             if known is not None and known.alg == alg:
                 parsed[kid] = known  # keys never change under a kid (it is their thumbprint)
@@ -117,6 +121,8 @@ class KeyCache:
 
     def revoke_key(self, kid: str, revoked_at: float) -> None:
         self.revoked_kids[kid] = revoked_at
+        if kid in self.keys:
+            self.keys = {k: v for k, v in self.keys.items() if k != kid}
 
     def revoke_jti(self, jti: str, expires_at: float) -> None:
         self.revoked_jtis[jti] = expires_at

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -49,6 +50,11 @@ ACCEPTED_TYPES = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068 §2.1, 
 # extensions it would have to understand: never honoured, so refused
 FORBIDDEN_HEADERS = ("crit", "jku", "x5u", "jwk", "x5c")
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "client_id")
+TIME_CLAIMS = ("exp", "iat", "nbf")
+LATEST_INSTANT = 253_402_300_799  # 9999-12-31T23:59:59Z: any later "time" is not one
+# three base64url parts and nothing else: a decoder that skips stray characters would let one
+# token be written many ways
+COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")  # an empty signature fails later
 HEADER_CACHE_SIZE = 64
 PeerCertificate = bytes | str | x509.Certificate
 
@@ -118,7 +124,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
-_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+def _not_json(constant: str) -> Any:
+    raise MalformedToken(f"the token contains {constant}, which is not JSON")
+
+
+_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_not_json)
 
 
 def _b64_json(part: str, what: str) -> dict[str, Any]:
@@ -127,6 +137,8 @@ def _b64_json(part: str, what: str) -> dict[str, Any]:
         doc = _decoder.decode(raw.decode("utf-8"))
     except MalformedToken:
         raise
+    except RecursionError:
+        raise MalformedToken(f"the token's {what} nests too deeply to be a token's") from None
     except (binascii.Error, ValueError) as e:
         raise MalformedToken(
             f"the token's {what} is not base64url-encoded JSON ({e}); pass the token "
@@ -138,8 +150,6 @@ def _b64_json(part: str, what: str) -> dict[str, Any]:
 
 
 def _b64(part: str) -> bytes:
-    if "=" in part or "+" in part or "/" in part:
-        raise MalformedToken("the token's signature is not base64url without padding")
     try:
         return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except (binascii.Error, ValueError):
@@ -246,17 +256,16 @@ class Verifier:
                 f"the token must be a string of at most {MAX_TOKEN_LENGTH} characters (got "
                 f"{type(token).__name__} of length {size}); pass the access token exactly as issued"
             )
-        parts = token.split(".")
-        if len(parts) != 3:
+        if COMPACT_JWS.fullmatch(token) is None:
             raise MalformedToken(
                 "the token is not a compact JWS (three base64url parts separated by dots); "
                 "pass the access token exactly as issued, without the 'Bearer ' prefix"
             )
-        header_b64, payload_b64, signature_b64 = parts
+        header_b64, payload_b64, signature_b64 = token.split(".")
         checked = self._headers.get(header_b64)
         kid, alg = checked if checked is not None else self._check_header(header_b64)
         key = cache.keys.get(kid)
-        if key is None:
+        if key is None or kid in cache.revoked_kids:
             raise self._missing_key(cache, kid)
         if alg != key.alg:
             raise InvalidSignature(
@@ -312,7 +321,8 @@ class Verifier:
         tenant = f"tenant {cache.tenant!r}" if cache.tenant else "the default tenant"
         return UnknownKey(
             f"key {shown!r} is not in the key set of {tenant} (sequence {cache.keyset_sequence}): the "
-            f"token was not issued by this Rotor, or for another tenant{hint}"
+            f"token was not issued by this Rotor, or for another tenant; the caller must present a "
+            f"token from this service's Rotor{hint}"
         )
 
     def _check_claims(self, claims: dict[str, Any], cache: KeyCache, key: VerificationKey) -> None:
@@ -324,9 +334,13 @@ class Verifier:
         for name in ("iss", "sub", "jti", "client_id"):
             if not isinstance(claims[name], str):
                 raise MalformedToken(f"the token's {name!r} claim is not a string")
+        for name in TIME_CLAIMS:
+            value = claims.get(name, 0)
+            if type(value) not in (int, float) or not 0 <= value <= LATEST_INSTANT:
+                raise MalformedToken(
+                    f"the token's {name!r} claim must be a number of seconds since the epoch, up to year 9999"
+                )
         exp, nbf = claims["exp"], claims.get("nbf", claims["iat"])
-        if type(exp) not in (int, float) or type(nbf) not in (int, float):
-            raise MalformedToken("the token's exp, iat and nbf must be numbers (seconds since the epoch)")
         now = self._clock()
         if now > exp + self.leeway:
             raise TokenExpired(
