@@ -95,7 +95,7 @@ class TokenClient:
         self._grant: _Grant | None = None
         self._refresh_token = ""
         self._hand_out = threading.Lock()  # guards taking the refresh token: only one caller ever holds it
-        self._sync_lock = threading.Lock()
+        self._renewing = threading.Lock()  # one renewal at a time, asyncio and threads alike
         self._sync_channel: grpc.Channel | None = None
         self._async_lock: asyncio.Lock | None = None
         self._async_channel: aio.Channel | None = None
@@ -110,26 +110,32 @@ class TokenClient:
         if self._async_lock is None:
             self._async_lock = asyncio.Lock()
         async with self._async_lock:
-            cached = self._cached()
-            if cached is not None:
-                return cached  # renewed by the caller we waited for
-            if self._async_channel is None:
-                self._async_channel = self._open(aio.secure_channel, aio.insecure_channel)
-            stub = TokenServiceStub(self._async_channel)
-            renewal = self._renew()
-            step = next(renewal)
-            while True:
-                method, request = step
-                try:
-                    result = await getattr(stub, method)(
-                        request, metadata=self._metadata, timeout=RPC_TIMEOUT
-                    )
-                except aio.AioRpcError as e:
-                    result = e
-                try:
-                    step = renewal.send(result)
-                except StopIteration as done:
-                    return str(done.value)
+            while not self._renewing.acquire(blocking=False):  # noqa: ASYNC110 - a thread lock, not awaitable
+                await asyncio.sleep(0.005)  # a thread is renewing (call_credentials): its token is ours too
+            try:
+                cached = self._cached()
+                if cached is not None:
+                    return cached  # renewed by the caller we waited for
+                return await self._renew_async()
+            finally:
+                self._renewing.release()
+
+    async def _renew_async(self) -> str:
+        if self._async_channel is None:
+            self._async_channel = self._open(aio.secure_channel, aio.insecure_channel)
+        stub = TokenServiceStub(self._async_channel)
+        renewal = self._renew()
+        step = next(renewal)
+        while True:
+            method, request = step
+            try:
+                result = await getattr(stub, method)(request, metadata=self._metadata, timeout=RPC_TIMEOUT)
+            except aio.AioRpcError as e:
+                result = e
+            try:
+                step = renewal.send(result)
+            except StopIteration as done:
+                return str(done.value)
 
     async def close(self) -> None:
         """Close the channels to Rotor."""
@@ -149,11 +155,11 @@ class TokenClient:
     # -- threads -------------------------------------------------------------------------
 
     def token_sync(self) -> str:
-        """`token()` for threaded code (blocks while a renewal is under way)."""
+        """`token()` for threaded code (blocks while a renewal is under way; never call it on the event loop)."""
         cached = self._cached()
         if cached is not None:
             return cached
-        with self._sync_lock:
+        with self._renewing:
             cached = self._cached()
             if cached is not None:
                 return cached

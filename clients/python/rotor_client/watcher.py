@@ -214,9 +214,11 @@ class KeySetWatcher:
         try:
             async with asyncio.timeout(IDLE_TIMEOUT):
                 await call.initial_metadata()
-            answered = True
-            self._connected = True
-            self.key_cache.touch()
+            # a call that failed also "returns" (empty) metadata, but is done: only a live one counts
+            if not call.done():
+                answered = True
+                self._connected = True
+                self.key_cache.touch()
             while True:
                 async with asyncio.timeout(IDLE_TIMEOUT):
                     event = await call.read()
