@@ -42,13 +42,18 @@ class Backend:
     `sabotage(where)` breaks that database behind the store's back (its
     tables disappear), to prove reads then fail with the store's own errors.
     `known_bugs` maps a test name to the reason it is expected to fail on
-    this backend (marked xfail, strict).
+    this backend (marked xfail, strict). `unreachable()` says why the
+    backend's database server cannot be reached here (None when it can; a
+    server-less backend has none), and `cleanup(where)` removes the test's
+    database once its stores are closed.
     """
 
     name: str
     open: Callable[[Path], Awaitable[Store]]
     sabotage: Callable[[Path], Awaitable[None]]
     known_bugs: dict[str, str] = field(default_factory=dict)
+    unreachable: Callable[[], Awaitable[str | None]] | None = None
+    cleanup: Callable[[Path], Awaitable[None]] | None = None
 
 
 class OpenStore(Protocol):
@@ -194,6 +199,26 @@ class TestClients:
             await tx.insert_client(a_client(tenant="acme"))
             await tx.insert_key(a_key("k1", tenant="zeta"))
         assert sorted(await store.list_tenants()) == ["", "acme", "zeta"]
+
+    async def test_a_client_is_found_by_its_certificate_san(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_client(a_client("svc-a", cert_san="spiffe://example.org/a"))
+            await tx.insert_client(a_client("svc-b"))
+            await tx.insert_client(a_client("svc-c"))  # no SAN either: NULLs never clash
+        found = await store.get_client_by_cert_san("spiffe://example.org/a")
+        assert found is not None and found.client_id == "svc-a" and found.cert_san == "spiffe://example.org/a"
+        assert await store.get_client_by_cert_san("spiffe://example.org/b") is None
+        assert (await store.get_client("svc-b")) is not None and (
+            await store.get_client("svc-b")
+        ).cert_san is None  # type: ignore[union-attr]
+
+    async def test_two_clients_never_share_a_certificate_san(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_client(a_client("svc-a", cert_san="spiffe://example.org/a"))
+        with pytest.raises(AlreadyExists):
+            async with store.transaction() as tx:
+                await tx.insert_client(a_client("svc-b", cert_san="spiffe://example.org/a"))
+        assert await store.get_client("svc-b") is None
 
 
 # -- keys ----------------------------------------------------------------------
@@ -669,6 +694,107 @@ class TestPrune:
         await store.prune(T0 + 100, event_horizon=T0 + 100)
         [new] = await append(store, ("a", T0 + 100))
         assert new > max(old)
+
+
+# -- coordination between processes ---------------------------------------------
+
+
+class TestLeases:
+    async def test_a_free_lease_is_taken_with_a_fencing_token(self, store: Store) -> None:
+        assert await store.acquire_lease("rotator", "a", 10, T0) is not None
+
+    async def test_renewing_in_time_keeps_the_fencing_token(self, store: Store) -> None:
+        token = await store.acquire_lease("rotator", "a", 10, T0)
+        assert await store.acquire_lease("rotator", "a", 10, T0 + 9) == token
+        assert await store.acquire_lease("rotator", "a", 10, T0 + 18) == token  # renewed until T0 + 19
+
+    async def test_another_holder_is_refused_while_the_lease_is_unexpired(self, store: Store) -> None:
+        await store.acquire_lease("rotator", "a", 10, T0)
+        assert await store.acquire_lease("rotator", "b", 10, T0 + 9.9) is None
+        async with store.transaction() as tx:
+            assert not await tx.holds_lease("rotator", "b", 1, T0 + 9.9)
+
+    async def test_another_holder_takes_an_expired_lease_with_a_larger_token(self, store: Store) -> None:
+        first = await store.acquire_lease("rotator", "a", 10, T0)
+        second = await store.acquire_lease("rotator", "b", 10, T0 + 10)
+        assert first is not None and second is not None and second > first
+        assert await store.acquire_lease("rotator", "a", 10, T0 + 15) is None, "b holds it now"
+
+    async def test_the_old_holder_retaking_an_expired_lease_gets_a_larger_token(self, store: Store) -> None:
+        first = await store.acquire_lease("rotator", "a", 10, T0)
+        again = await store.acquire_lease("rotator", "a", 10, T0 + 11)  # it may have missed things
+        assert first is not None and again is not None and again > first
+
+    async def test_a_released_lease_can_be_taken_at_once(self, store: Store) -> None:
+        first = await store.acquire_lease("rotator", "a", 10, T0)
+        await store.release_lease("rotator", "a")
+        second = await store.acquire_lease("rotator", "b", 10, T0 + 1)
+        assert first is not None and second is not None and second > first
+
+    async def test_releasing_someone_elses_lease_changes_nothing(self, store: Store) -> None:
+        token = await store.acquire_lease("rotator", "a", 10, T0)
+        await store.release_lease("rotator", "b")
+        await store.release_lease("nothing-by-this-name", "a")
+        assert await store.acquire_lease("rotator", "b", 10, T0 + 1) is None
+        assert await store.acquire_lease("rotator", "a", 10, T0 + 1) == token
+
+    async def test_leases_are_independent_by_name(self, store: Store) -> None:
+        assert await store.acquire_lease("rotator", "a", 10, T0) is not None
+        assert await store.acquire_lease("pruner", "b", 10, T0) is not None
+
+    async def test_holds_lease_only_for_the_holder_and_token_until_expiry(self, store: Store) -> None:
+        token = await store.acquire_lease("rotator", "a", 10, T0)
+        assert token is not None
+        async with store.transaction() as tx:
+            assert await tx.holds_lease("rotator", "a", token, T0 + 9.9)
+            assert not await tx.holds_lease("rotator", "a", token, T0 + 10), "expired"
+            assert not await tx.holds_lease("rotator", "a", token + 1, T0)
+            assert not await tx.holds_lease("rotator", "b", token, T0)
+            assert not await tx.holds_lease("pruner", "a", token, T0)
+
+    async def test_a_holder_that_lost_the_lease_can_tell(self, store: Store) -> None:
+        old = await store.acquire_lease("rotator", "a", 10, T0)
+        await store.acquire_lease("rotator", "b", 10, T0 + 10)
+        assert old is not None
+        async with store.transaction() as tx:
+            assert not await tx.holds_lease("rotator", "a", old, T0 + 10)
+        await store.acquire_lease("rotator", "a", 10, T0 + 20)  # a takes it back: a new token
+        async with store.transaction() as tx:
+            assert not await tx.holds_lease("rotator", "a", old, T0 + 21), "the old token is stale"
+
+    async def test_a_lease_is_shared_by_every_store_on_the_database(
+        self, store: Store, open_store: OpenStore
+    ) -> None:
+        other = await open_store()
+        token = await store.acquire_lease("rotator", "a", 10, T0)
+        assert await other.acquire_lease("rotator", "b", 10, T0 + 1) is None
+        assert token is not None
+        async with other.transaction() as tx:
+            assert await tx.holds_lease("rotator", "a", token, T0 + 1)
+
+
+class TestKeyLock:
+    async def test_lock_keys_is_held_through_a_transaction_that_changes_keys(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.lock_keys("")
+            await tx.lock_keys("acme")
+            await tx.lock_keys("")  # again: harmless
+            assert await tx.list_keys("") == []
+            await tx.insert_key(a_key("k1", KeyState.ACTIVE))
+            await tx.append_event("", "KEY_ACTIVATED", T0, "{}")
+        assert await store.get_key("k1") == a_key("k1", KeyState.ACTIVE)
+
+    async def test_the_lock_ends_with_its_transaction(self, store: Store, open_store: OpenStore) -> None:
+        other = await open_store()
+        async with store.transaction() as tx:
+            await tx.lock_keys("")
+        with pytest.raises(Boom):
+            async with store.transaction() as tx:
+                await tx.lock_keys("")
+                raise Boom
+        async with asyncio.timeout(5):  # neither a commit nor a rollback leaves it held
+            async with other.transaction() as tx:
+                await tx.lock_keys("")
 
 
 # -- several instances on one database -----------------------------------------

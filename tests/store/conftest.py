@@ -2,20 +2,27 @@
 
 `backend` is parametrized over every backend registered in BACKENDS; a
 backend's own test module pins one with
-`pytest.mark.parametrize("backend", ["name"], indirect=True)`. A PostgreSQL
-backend joins by adding a `Backend` here (skipping when no database is
-configured) and a test_postgres.py like test_sqlite.py.
+`pytest.mark.parametrize("backend", ["name"], indirect=True)`.
+
+PostgreSQL runs at ROTOR_TEST_POSTGRES (by default the database `test` on
+127.0.0.1:5432), each test in a fresh schema dropped afterwards. When the
+server cannot be reached its tests are skipped, except in CI (the variable CI
+is set), where they fail: there they must run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from rotor.store import Store
+from rotor.store.postgres import PostgresStore
 from rotor.store.sqlite import SqliteStore
 
 from .conformance import Backend, OpenStore
@@ -51,7 +58,75 @@ SQLITE = Backend(
     sabotage=_sabotage_sqlite,
 )
 
-BACKENDS = {backend.name: backend for backend in (SQLITE,)}
+POSTGRES_URL = os.environ.get("ROTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+_schemas: dict[Path, str] = {}  # each test directory's schema
+_unreachable: list[str | None] = []  # the answer, once asked
+
+
+def postgres_schema(where: Path) -> str:
+    """The schema of the test whose directory is `where`."""
+    return _schemas.setdefault(where, f"rotor_test_{secrets.token_hex(6)}")
+
+
+def postgres_url(where: Path, **settings: str) -> str:
+    """The URL of the test's own schema (a store creates it on first open), with server `settings`."""
+    query = "&".join(
+        f"{name}={value}" for name, value in {"search_path": postgres_schema(where), **settings}.items()
+    )
+    return f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}{query}"
+
+
+async def admin_connection() -> asyncpg.Connection:
+    """A plain connection to the test database, outside every store."""
+    return await asyncpg.connect(POSTGRES_URL, timeout=5)
+
+
+async def _postgres_unreachable() -> str | None:
+    if not _unreachable:
+        try:
+            conn = await admin_connection()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            _unreachable.append(f"no PostgreSQL at {POSTGRES_URL} (set ROTOR_TEST_POSTGRES): {e}")
+        else:
+            await conn.close()
+            _unreachable.append(None)
+    return _unreachable[0]
+
+
+async def _open_postgres(where: Path) -> Store:
+    return await PostgresStore.open(postgres_url(where))
+
+
+async def _sabotage_postgres(where: Path) -> None:
+    schema = _schemas[where]
+    conn = await admin_connection()
+    try:
+        for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema):
+            await conn.execute(f'DROP TABLE IF EXISTS "{schema}"."{row[0]}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def _drop_schema(where: Path) -> None:
+    schema = _schemas.pop(where, None)
+    if schema is None:
+        return
+    conn = await admin_connection()
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+POSTGRES = Backend(
+    name="postgres",
+    open=_open_postgres,
+    sabotage=_sabotage_postgres,
+    unreachable=_postgres_unreachable,
+    cleanup=_drop_schema,
+)
+
+BACKENDS = {backend.name: backend for backend in (SQLITE, POSTGRES)}
 
 
 @pytest.fixture(params=list(BACKENDS), ids=list(BACKENDS))
@@ -77,10 +152,17 @@ class _Opener:
 
 @pytest.fixture
 async def open_store(backend: Backend, tmp_path: Path) -> AsyncIterator[OpenStore]:
+    reason = await backend.unreachable() if backend.unreachable is not None else None
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the {backend.name} tests")
+        pytest.skip(reason)
     opener = _Opener(backend, tmp_path)
     yield opener
     for store in reversed(opener.opened):
         await store.close()
+    if backend.cleanup is not None:
+        await backend.cleanup(tmp_path)
 
 
 @pytest.fixture

@@ -7,8 +7,11 @@ primary key, `Unavailable` when the database cannot be reached or stays busy.
 
 Consistency rules every backend MUST keep:
 
-- A `Tx` is one serializable transaction. Changes made through it become
-  visible to others all at once on commit, or not at all.
+- A `Tx` is one transaction. Changes made through it become visible to
+  others all at once on commit, or not at all. It need not be serializable
+  (PostgreSQL runs READ COMMITTED): correctness under concurrency comes from
+  the compare-and-set methods, the per-tenant key lock, row locks on what a
+  transaction reads to write back whole (a client), and the event counter.
 - Event sequences come from the store: `Tx.append_event` returns a sequence
   greater than every sequence committed before, and events become visible in
   sequence order (a reader that has seen sequence N never later finds a new
@@ -17,15 +20,23 @@ Consistency rules every backend MUST keep:
   `revoke_family`, `update_operation`) return False, changing nothing, when
   the row is not in the expected state; concurrent callers see exactly one
   winner.
+- Key changes of one tenant never interleave: `Tx.lock_keys` holds a
+  per-tenant lock until the transaction ends, across processes and hosts.
 - Commit listeners run after every commit that appended an event, in the
-  committing task, and MUST NOT raise.
+  committing task, and MUST NOT raise. A backend that can learn of other
+  processes' commits (PostgreSQL's NOTIFY) also calls them then, from its
+  own task; one that cannot relies on the event hub's polling.
+- A lease has at most one unexpired holder; its fencing token grows each time
+  it changes hands, so a holder that lost it can tell (`Tx.holds_lease`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from rotor.core.model import (
     Client,
@@ -113,6 +124,16 @@ class Tx(Protocol):
         """Append an event; returns its sequence."""
         ...
 
+    # coordination between processes
+    async def lock_keys(self, tenant: str) -> None:
+        """Hold the tenant's key-change lock until this transaction ends (a no-op where
+        transactions are exclusive anyway, as in SQLite). Call it before reading the keys."""
+        ...
+
+    async def holds_lease(self, name: str, holder: str, fencing: int, now: float) -> bool:
+        """Whether `holder` still holds lease `name`, unexpired at `now`, under this fencing token."""
+        ...
+
 
 class Store(Protocol):
     """A persistent store. Reads outside a transaction each see one consistent state."""
@@ -130,6 +151,10 @@ class Store(Protocol):
     async def get_client(self, client_id: str) -> Client | None: ...
 
     async def list_clients(self) -> list[Client]: ...
+
+    async def get_client_by_cert_san(self, uri: str) -> Client | None:
+        """The client a client certificate with this URI SAN authenticates (at most one)."""
+        ...
 
     async def get_key(self, kid: str) -> SigningKey | None: ...
 
@@ -165,8 +190,36 @@ class Store(Protocol):
         """The highest sequence ever pruned from the log; events above it are all kept."""
         ...
 
+    async def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> int | None:
+        """Take or renew lease `name` for `holder` until `now + ttl`: its fencing token, or None
+        while another holder's lease is unexpired. The token grows each time the lease changes hands."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """End `holder`'s lease at once (if it holds it), so another may take it without waiting."""
+        ...
+
     async def prune(self, now: float, event_horizon: float) -> int:
         """Drop revocations and families expired by `now` (with their refresh tokens), unused
         refresh tokens expired by `now` (a used one stays with its family, so a replay is still
         caught), and events older than `event_horizon` (each tenant's newest kept); returns rows removed."""
         ...
+
+
+async def open_store(database_url: str, sqlite_path: Path, *, pool_size: int = 10) -> Store:
+    """The configured store: PostgreSQL when `database_url` is set, else SQLite at `sqlite_path`."""
+    if database_url:
+        from rotor.store.postgres import PostgresStore
+
+        return await PostgresStore.open(database_url, pool_size=pool_size)
+    from rotor.store.sqlite import SqliteStore
+
+    return await SqliteStore.open(sqlite_path)
+
+
+def describe_store(database_url: str, sqlite_path: Path) -> str:
+    """Where the store is, for logs: never a password."""
+    if not database_url:
+        return f"SQLite at {sqlite_path}"
+    url = urlsplit(database_url)
+    return f"PostgreSQL at {url.hostname or 'localhost'}:{url.port or 5432}{url.path}"

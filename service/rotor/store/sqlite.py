@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import astuple
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ from rotor.core.model import (
     Client,
     KeyState,
     Operation,
-    OperationState,
     RefreshFamily,
     RefreshToken,
     RevokedToken,
@@ -32,100 +29,9 @@ from rotor.core.model import (
     Snapshot,
     StoredEvent,
 )
-from rotor.store import AlreadyExists, Unavailable
+from rotor.store import AlreadyExists, Unavailable, _sql, rows
 
 BUSY_TIMEOUT_MS = 10_000
-
-_KEY_COLUMNS = (
-    "kid, tenant, alg, state, public_jwk, sealed_private, created_at, activates_at, retires_at, "
-    "expires_at, revoked_at, revocation_reason"
-)
-_CLIENT_COLUMNS = (
-    "client_id, tenant, secret_hash, scopes, audiences, admin, allow_any_subject, disabled, created_at"
-)
-_FAMILY_COLUMNS = "family_id, client_id, tenant, subject, scopes, audiences, created_at, expires_at, revoked_at, revoke_reason"
-_TOKEN_COLUMNS = "token_hash, family_id, client_id, issued_at, expires_at, used_at"
-_REVOKED_COLUMNS = "jti, tenant, client_id, expires_at, revoked_at, reason"
-_OPERATION_COLUMNS = (
-    "operation_id, tenant, kind, target, reason, requested_by, created_at, expires_at, state, "
-    "approved_by, applied_at"
-)
-
-
-def _key(row: Iterable[Any]) -> SigningKey:
-    r = tuple(row)
-    return SigningKey(r[0], r[1], r[2], KeyState(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
-
-
-def _client(row: Iterable[Any]) -> Client:
-    r = tuple(row)
-    return Client(
-        r[0],
-        r[1],
-        r[2],
-        tuple(json.loads(r[3])),
-        tuple(json.loads(r[4])),
-        bool(r[5]),
-        bool(r[6]),
-        bool(r[7]),
-        r[8],
-    )
-
-
-def _family(row: Iterable[Any]) -> RefreshFamily:
-    r = tuple(row)
-    return RefreshFamily(
-        r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), tuple(json.loads(r[5])), r[6], r[7], r[8], r[9]
-    )
-
-
-def _token(row: Iterable[Any]) -> RefreshToken:
-    return RefreshToken(*tuple(row))
-
-
-def _revoked(row: Iterable[Any]) -> RevokedToken:
-    return RevokedToken(*tuple(row))
-
-
-def _operation(row: Iterable[Any]) -> Operation:
-    r = tuple(row)
-    return Operation(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], OperationState(r[8]), r[9], r[10])
-
-
-def _marks(values: tuple[Any, ...]) -> str:
-    return ", ".join("?" * len(values))
-
-
-# Encoders: each returns the values of its record in its _COLUMNS order.
-
-
-def _key_values(k: SigningKey) -> tuple[Any, ...]:
-    values = astuple(k)
-    return (*values[:3], k.state.value, *values[4:])
-
-
-def _client_values(c: Client) -> tuple[Any, ...]:
-    return (
-        c.client_id,
-        c.tenant,
-        c.secret_hash,
-        json.dumps(list(c.scopes)),
-        json.dumps(list(c.audiences)),
-        int(c.admin),
-        int(c.allow_any_subject),
-        int(c.disabled),
-        c.created_at,
-    )
-
-
-def _family_values(f: RefreshFamily) -> tuple[Any, ...]:
-    values = astuple(f)
-    return (*values[:4], json.dumps(list(f.scopes)), json.dumps(list(f.audiences)), *values[6:])
-
-
-def _operation_values(o: Operation) -> tuple[Any, ...]:
-    values = astuple(o)
-    return (*values[:8], o.state.value, *values[9:])
 
 
 def _states_clause(states: Collection[KeyState] | None) -> tuple[str, list[str]]:
@@ -133,6 +39,11 @@ def _states_clause(states: Collection[KeyState] | None) -> tuple[str, list[str]]
         return "", []
     values = [s.value for s in states]
     return f" AND state IN ({', '.join('?' * len(values))})", values
+
+
+def _numbered(sql: str) -> str:
+    """SQLite takes the shared statements' $N placeholders (rotor.store._sql) as ?N."""
+    return sql.replace("$", "?")
 
 
 class _Reads:
@@ -143,56 +54,50 @@ class _Reads:
 
     async def _one(self, sql: str, params: Iterable[Any] = ()) -> Any:
         with _driver_errors():
-            async with self._conn.execute(sql, tuple(params)) as cursor:
+            async with self._conn.execute(_numbered(sql), tuple(params)) as cursor:
                 return await cursor.fetchone()
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         with _driver_errors():
-            return list(await self._conn.execute_fetchall(sql, tuple(params)))
+            return list(await self._conn.execute_fetchall(_numbered(sql), tuple(params)))
 
     async def get_client(self, client_id: str) -> Client | None:
-        row = await self._one(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ?", (client_id,))
-        return _client(row) if row else None
+        row = await self._one(_sql.GET_CLIENT, (client_id,))
+        return rows.client(row) if row else None
 
     async def get_key(self, kid: str) -> SigningKey | None:
-        row = await self._one(f"SELECT {_KEY_COLUMNS} FROM keys WHERE kid = ?", (kid,))
-        return _key(row) if row else None
+        row = await self._one(_sql.GET_KEY, (kid,))
+        return rows.key(row) if row else None
 
     async def list_keys(self, tenant: str, states: Collection[KeyState] | None = None) -> list[SigningKey]:
         clause, values = _states_clause(states)
-        rows = await self._all(
-            f"SELECT {_KEY_COLUMNS} FROM keys WHERE tenant = ?{clause} ORDER BY created_at, kid",
+        found = await self._all(
+            f"SELECT {rows.KEY_COLUMNS} FROM keys WHERE tenant = ?{clause} ORDER BY created_at, kid",
             (tenant, *values),
         )
-        return [_key(r) for r in rows]
+        return [rows.key(r) for r in found]
 
     async def get_family(self, family_id: str) -> RefreshFamily | None:
-        row = await self._one(
-            f"SELECT {_FAMILY_COLUMNS} FROM refresh_families WHERE family_id = ?", (family_id,)
-        )
-        return _family(row) if row else None
+        row = await self._one(_sql.GET_FAMILY, (family_id,))
+        return rows.family(row) if row else None
 
     async def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
-        row = await self._one(
-            f"SELECT {_TOKEN_COLUMNS} FROM refresh_tokens WHERE token_hash = ?", (token_hash,)
-        )
-        return _token(row) if row else None
+        row = await self._one(_sql.GET_REFRESH_TOKEN, (token_hash,))
+        return rows.token(row) if row else None
 
     async def get_revoked_token(self, jti: str) -> RevokedToken | None:
-        row = await self._one(f"SELECT {_REVOKED_COLUMNS} FROM revoked_tokens WHERE jti = ?", (jti,))
-        return _revoked(row) if row else None
+        row = await self._one(_sql.GET_REVOKED_TOKEN, (jti,))
+        return rows.revoked(row) if row else None
 
     async def get_operation(self, operation_id: str) -> Operation | None:
-        row = await self._one(
-            f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE operation_id = ?", (operation_id,)
-        )
-        return _operation(row) if row else None
+        row = await self._one(_sql.GET_OPERATION, (operation_id,))
+        return rows.operation(row) if row else None
 
     async def last_sequence(self, tenant: str | None = None) -> int:
         if tenant is None:
-            row = await self._one("SELECT COALESCE(MAX(sequence), 0) FROM events")
+            row = await self._one(_sql.LAST_SEQUENCE)
         else:
-            row = await self._one("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE tenant = ?", (tenant,))
+            row = await self._one(_sql.LAST_SEQUENCE_OF_TENANT, (tenant,))
         return int(row[0])
 
 
@@ -203,80 +108,55 @@ class _SqliteTx(_Reads):
         super().__init__(conn)
         self.appended = False
 
-    async def _changed(self, sql: str, params: Iterable[Any], what: str = "row") -> bool:
+    async def _count(self, sql: str, params: Iterable[Any], what: str = "row") -> int:
+        """Run a write; how many rows it changed."""
         with _driver_errors(what):
-            async with self._conn.execute(sql, tuple(params)) as cursor:
-                return cursor.rowcount > 0
+            async with self._conn.execute(_numbered(sql), tuple(params)) as cursor:
+                return max(cursor.rowcount, 0)
 
-    async def _insert(self, table: str, columns: str, values: tuple[Any, ...], what: str) -> None:
-        await self._changed(f"INSERT INTO {table} ({columns}) VALUES ({_marks(values)})", values, what)
-
-    async def _replace(
-        self,
-        table: str,
-        columns: str,
-        values: tuple[Any, ...],
-        where: str,
-        params: tuple[Any, ...],
-        what: str,
-    ) -> bool:
-        """Write every column of one row, if it matches `where`."""
-        sql = f"UPDATE {table} SET ({columns}) = ({_marks(values)}) WHERE {where}"
-        return await self._changed(sql, (*values, *params), what)
+    async def _changed(self, sql: str, params: Iterable[Any], what: str = "row") -> bool:
+        return await self._count(sql, params, what) > 0
 
     async def insert_client(self, client: Client) -> None:
-        await self._insert("clients", _CLIENT_COLUMNS, _client_values(client), f"client {client.client_id!r}")
+        await self._changed(_sql.INSERT_CLIENT, rows.client_values(client), f"client {client.client_id!r}")
 
     async def update_client(self, client: Client) -> bool:
-        values = _client_values(client)
-        return await self._replace(
-            "clients", _CLIENT_COLUMNS, values, "client_id = ?", (client.client_id,), "client"
-        )
+        values = (*rows.client_values(client), client.client_id)
+        return await self._changed(_sql.UPDATE_CLIENT, values, "client")
 
     async def insert_key(self, key: SigningKey) -> None:
-        await self._insert("keys", _KEY_COLUMNS, _key_values(key), f"key {key.kid!r}")
+        await self._changed(_sql.INSERT_KEY, rows.key_values(key), f"key {key.kid!r}")
 
     async def update_key(self, key: SigningKey, expected: KeyState) -> bool:
         # the one-active-key index refuses a second ACTIVE key of a tenant: AlreadyExists
         what = (
             f"an active key of tenant {key.tenant!r}" if key.state is KeyState.ACTIVE else f"key {key.kid!r}"
         )
-        where, params = "kid = ? AND state = ?", (key.kid, expected.value)
-        return await self._replace("keys", _KEY_COLUMNS, _key_values(key), where, params, what)
+        values = (*rows.key_values(key), key.kid, expected.value)
+        return await self._changed(_sql.UPDATE_KEY, values, what)
 
     async def insert_family(self, family: RefreshFamily) -> None:
-        await self._insert("refresh_families", _FAMILY_COLUMNS, _family_values(family), "refresh family")
+        await self._changed(_sql.INSERT_FAMILY, rows.family_values(family), "refresh family")
 
     async def revoke_family(self, family_id: str, at: float, reason: str) -> bool:
-        return await self._changed(
-            "UPDATE refresh_families SET revoked_at = ?, revoke_reason = ? WHERE family_id = ? AND revoked_at IS NULL",
-            (at, reason, family_id),
-        )
+        return await self._changed(_sql.REVOKE_FAMILY, (at, reason, family_id))
 
     async def insert_refresh_token(self, token: RefreshToken) -> None:
-        await self._insert("refresh_tokens", _TOKEN_COLUMNS, astuple(token), "refresh token")
+        await self._changed(_sql.INSERT_REFRESH_TOKEN, rows.token_values(token), "refresh token")
 
     async def mark_refresh_token_used(self, token_hash: str, at: float) -> bool:
-        return await self._changed(
-            "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL", (at, token_hash)
-        )
+        return await self._changed(_sql.MARK_REFRESH_TOKEN_USED, (at, token_hash))
 
     async def insert_revoked_token(self, revoked: RevokedToken) -> bool:
-        values = astuple(revoked)
-        return await self._changed(
-            f"INSERT INTO revoked_tokens ({_REVOKED_COLUMNS}) VALUES ({_marks(values)}) ON CONFLICT (jti) DO NOTHING",
-            values,
-        )
+        return await self._changed(_sql.INSERT_REVOKED_TOKEN, rows.revoked_values(revoked))
 
     async def insert_operation(self, operation: Operation) -> None:
         what = f"operation {operation.operation_id!r}"
-        await self._insert("operations", _OPERATION_COLUMNS, _operation_values(operation), what)
+        await self._changed(_sql.INSERT_OPERATION, rows.operation_values(operation), what)
 
     async def update_operation(self, operation: Operation, expected_state: str) -> bool:
-        where, params = "operation_id = ? AND state = ?", (operation.operation_id, expected_state)
-        return await self._replace(
-            "operations", _OPERATION_COLUMNS, _operation_values(operation), where, params, "operation"
-        )
+        values = (*rows.operation_values(operation), operation.operation_id, expected_state)
+        return await self._changed(_sql.UPDATE_OPERATION, values, "operation")
 
     async def append_event(self, tenant: str, type_: str, occurred_at: float, payload: str) -> int:
         with _driver_errors("event"):
@@ -288,6 +168,12 @@ class _SqliteTx(_Reads):
         assert sequence is not None
         self.appended = True
         return sequence
+
+    async def lock_keys(self, tenant: str) -> None:
+        """Nothing to do: BEGIN IMMEDIATE made this transaction the only writer."""
+
+    async def holds_lease(self, name: str, holder: str, fencing: int, now: float) -> bool:
+        return await self._one(_sql.HOLDS_LEASE, (name, holder, fencing, now)) is not None
 
 
 @contextlib.contextmanager
@@ -397,9 +283,13 @@ class SqliteStore:
         result: Client | None = await self._read(self._reads.get_client, client_id)
         return result
 
+    async def get_client_by_cert_san(self, uri: str) -> Client | None:
+        row = await self._read(self._reads._one, _numbered(_sql.GET_CLIENT_BY_CERT_SAN), (uri,))
+        return rows.client(row) if row else None
+
     async def list_clients(self) -> list[Client]:
-        rows = await self._read(self._reads._all, f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY client_id")
-        return [_client(r) for r in rows]
+        found = await self._read(self._reads._all, _sql.LIST_CLIENTS)
+        return [rows.client(r) for r in found]
 
     async def get_key(self, kid: str) -> SigningKey | None:
         result: SigningKey | None = await self._read(self._reads.get_key, kid)
@@ -410,10 +300,8 @@ class SqliteStore:
         return result
 
     async def list_tenants(self) -> list[str]:
-        rows = await self._read(
-            self._reads._all, "SELECT tenant FROM keys UNION SELECT tenant FROM clients UNION SELECT ''"
-        )
-        return sorted(r[0] for r in rows)
+        found = await self._read(self._reads._all, _sql.LIST_TENANTS)
+        return sorted(r[0] for r in found)
 
     async def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
         result: RefreshToken | None = await self._read(self._reads.get_refresh_token, token_hash)
@@ -438,17 +326,13 @@ class SqliteStore:
                     keys = await self._reads.list_keys(
                         tenant, (KeyState.PENDING, KeyState.ACTIVE, KeyState.RETIRED)
                     )
-                    rows = await self._reads._all(
-                        f"SELECT {_REVOKED_COLUMNS} FROM revoked_tokens WHERE tenant = ? AND expires_at > ? "
-                        "ORDER BY revoked_at",
-                        (tenant, now),
-                    )
+                    revocations = await self._reads._all(_sql.LIVE_REVOCATIONS, (tenant, now))
                     sequence = await self._reads.last_sequence(tenant)
                 finally:
                     await asyncio.shield(self._end_read())
             except (sqlite3.Error, Unavailable) as e:
                 raise Unavailable(f"the SQLite store could not be read: {e}") from e
-        return Snapshot(tenant, sequence, tuple(keys), tuple(_revoked(r) for r in rows))
+        return Snapshot(tenant, sequence, tuple(keys), tuple(rows.revoked(r) for r in revocations))
 
     async def _end_read(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # none open: BEGIN never ran
@@ -467,49 +351,36 @@ class SqliteStore:
         self, after: int, tenant: str | None = None, limit: int = 500
     ) -> list[StoredEvent]:
         if tenant is None:
-            sql, params = "SELECT * FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?", (after, limit)
+            found = await self._read(self._reads._all, _sql.EVENTS_AFTER, (after, limit))
         else:
-            sql = "SELECT * FROM events WHERE tenant = ? AND sequence > ? ORDER BY sequence LIMIT ?"
-            params = (tenant, after, limit)  # type: ignore[assignment]
-        rows = await self._read(self._reads._all, sql, params)
-        return [StoredEvent(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+            found = await self._read(self._reads._all, _sql.EVENTS_OF_TENANT_AFTER, (tenant, after, limit))
+        return [rows.event(r) for r in found]
 
     async def pruned_through(self) -> int:
-        row = await self._read(self._reads._one, "SELECT value FROM store_meta WHERE name = 'pruned_through'")
+        row = await self._read(self._reads._one, _sql.PRUNED_THROUGH)
         return int(row[0])
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> int | None:
+        async with self.transaction() as tx:
+            row = await tx._one(_sql.LEASE_UPSERT, (name, holder, now + ttl, now))
+        return int(row[0]) if row else None
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        async with self.transaction() as tx:
+            await tx._changed(_sql.RELEASE_LEASE, (name, holder))
 
     async def prune(self, now: float, event_horizon: float) -> int:
         removed = 0
         async with self.transaction() as tx:
-            for sql, params in (
-                ("DELETE FROM revoked_tokens WHERE expires_at <= ?", (now,)),
-                # a used token stays as long as its family, so replaying it is still detected as reuse
-                ("DELETE FROM refresh_tokens WHERE expires_at <= ? AND used_at IS NULL", (now,)),
-                (
-                    "DELETE FROM refresh_families WHERE expires_at <= ? "
-                    "OR (revoked_at IS NOT NULL AND NOT EXISTS "
-                    "(SELECT 1 FROM refresh_tokens t WHERE t.family_id = refresh_families.family_id))",
-                    (now,),
-                ),
-                ("DELETE FROM operations WHERE expires_at <= ?", (now - 30 * 86400,)),
+            for sql, at in (
+                *((sql, now) for sql in _sql.PRUNE_EXPIRED),
+                (_sql.PRUNE_OPERATIONS, now - _sql.OPERATION_RETENTION),
             ):
-                async with tx._conn.execute(sql, params) as cursor:
-                    removed += max(cursor.rowcount, 0)
-            doomed = await tx._one(
-                "SELECT MAX(sequence) FROM events e WHERE occurred_at < ? "
-                "AND sequence < (SELECT MAX(sequence) FROM events WHERE tenant = e.tenant)",
-                (event_horizon,),
-            )
+                removed += await tx._count(sql, (at,))
+            doomed = await tx._one(_sql.PRUNABLE_THROUGH, (event_horizon,))
             if doomed and doomed[0] is not None:
-                async with tx._conn.execute(
-                    "DELETE FROM events WHERE sequence <= ? AND sequence < "
-                    "(SELECT MAX(sequence) FROM events e2 WHERE e2.tenant = events.tenant)",
-                    (doomed[0],),
-                ) as cursor:
-                    removed += max(cursor.rowcount, 0)
-                await tx._conn.execute(
-                    "UPDATE store_meta SET value = MAX(value, ?) WHERE name = 'pruned_through'", (doomed[0],)
-                )
+                removed += await tx._count(_sql.PRUNE_EVENTS, (doomed[0],))
+                await tx._changed(_sql.RAISE_PRUNED_THROUGH, (doomed[0],))
         return removed
 
 

@@ -1,0 +1,135 @@
+"""How each record is laid out as a row, the same in every SQL backend.
+
+Each record has its columns (in one order), a decoder from a row in that order
+and an encoder to the values in that order. A row is anything that iterates
+over its values: an sqlite3 tuple or an asyncpg Record alike. Flags encode as
+bools (SQLite stores them as 0 and 1), lists as JSON text in their order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import astuple
+from typing import Any
+
+from rotor.core.model import (
+    Client,
+    KeyState,
+    Operation,
+    OperationState,
+    RefreshFamily,
+    RefreshToken,
+    RevokedToken,
+    SigningKey,
+    StoredEvent,
+)
+
+KEY_COLUMNS = (
+    "kid, tenant, alg, state, public_jwk, sealed_private, created_at, activates_at, retires_at, "
+    "expires_at, revoked_at, revocation_reason"
+)
+CLIENT_COLUMNS = "client_id, tenant, secret_hash, scopes, audiences, admin, allow_any_subject, disabled, created_at, cert_san"
+FAMILY_COLUMNS = "family_id, client_id, tenant, subject, scopes, audiences, created_at, expires_at, revoked_at, revoke_reason"
+TOKEN_COLUMNS = "token_hash, family_id, client_id, issued_at, expires_at, used_at"
+REVOKED_COLUMNS = "jti, tenant, client_id, expires_at, revoked_at, reason"
+OPERATION_COLUMNS = (
+    "operation_id, tenant, kind, target, reason, requested_by, created_at, expires_at, state, "
+    "approved_by, applied_at"
+)
+EVENT_COLUMNS = "sequence, tenant, type, occurred_at, payload"
+
+
+def count(columns: str) -> int:
+    """How many columns a _COLUMNS list names."""
+    return columns.count(",") + 1
+
+
+# Decoders: each reads a row in its _COLUMNS order.
+
+
+def key(row: Iterable[Any]) -> SigningKey:
+    r = tuple(row)
+    return SigningKey(r[0], r[1], r[2], KeyState(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
+
+
+def client(row: Iterable[Any]) -> Client:
+    r = tuple(row)
+    return Client(
+        r[0],
+        r[1],
+        r[2],
+        tuple(json.loads(r[3])),
+        tuple(json.loads(r[4])),
+        bool(r[5]),
+        bool(r[6]),
+        bool(r[7]),
+        r[8],
+        r[9],
+    )
+
+
+def family(row: Iterable[Any]) -> RefreshFamily:
+    r = tuple(row)
+    return RefreshFamily(
+        r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), tuple(json.loads(r[5])), r[6], r[7], r[8], r[9]
+    )
+
+
+def token(row: Iterable[Any]) -> RefreshToken:
+    return RefreshToken(*tuple(row))
+
+
+def revoked(row: Iterable[Any]) -> RevokedToken:
+    return RevokedToken(*tuple(row))
+
+
+def operation(row: Iterable[Any]) -> Operation:
+    r = tuple(row)
+    return Operation(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], OperationState(r[8]), r[9], r[10])
+
+
+def event(row: Iterable[Any]) -> StoredEvent:
+    r = tuple(row)
+    return StoredEvent(int(r[0]), r[1], r[2], r[3], r[4])
+
+
+# Encoders: each returns the values of its record in its _COLUMNS order.
+
+
+def key_values(k: SigningKey) -> tuple[Any, ...]:
+    values = astuple(k)
+    return (*values[:3], k.state.value, *values[4:])
+
+
+def client_values(c: Client) -> tuple[Any, ...]:
+    return (
+        c.client_id,
+        c.tenant,
+        c.secret_hash,
+        json.dumps(list(c.scopes)),
+        json.dumps(list(c.audiences)),
+        c.admin,
+        c.allow_any_subject,
+        c.disabled,
+        c.created_at,
+        c.cert_san,
+    )
+
+
+def family_values(f: RefreshFamily) -> tuple[Any, ...]:
+    values = astuple(f)
+    return (*values[:4], json.dumps(list(f.scopes)), json.dumps(list(f.audiences)), *values[6:])
+
+
+def token_values(t: RefreshToken) -> tuple[Any, ...]:
+    return astuple(t)
+
+
+def revoked_values(r: RevokedToken) -> tuple[Any, ...]:
+    return astuple(r)
+
+
+def operation_values(o: Operation) -> tuple[Any, ...]:
+    values = astuple(o)
+    return (*values[:8], o.state.value, *values[9:])
