@@ -8,7 +8,7 @@ GEN_DIR := service
 # the protos with their comments, for reflection (grpcurl describe shows them)
 DESCRIPTORS := rotor/v1/descriptors.binpb
 
-.PHONY: run test acceptance bench bench-smoke check proto proto-check lint types fmt ci clean
+.PHONY: run test acceptance acceptance-postgres bench bench-smoke check proto proto-check lint types fmt ci clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 ## acceptance: the shared black-box suite for the contract
 acceptance: $(STAMP)
 	$(BIN)/pytest ../shared/acceptance $(ACCEPTANCE_ARGS)
+
+## acceptance-postgres: the same suite with every server on PostgreSQL (127.0.0.1:5432, database test)
+acceptance-postgres: $(STAMP)
+	PYTHONPATH=tests $(BIN)/pytest ../shared/acceptance -p acceptance_postgres $(ACCEPTANCE_ARGS)
 
 ## bench: performance figures, as ratios to baselines measured in the same run
 bench: $(STAMP)
@@ -65,8 +69,13 @@ fmt: $(STAMP)
 	$(BIN)/ruff format service clients tests examples bench
 	$(BIN)/ruff check --fix service clients tests examples bench
 
-## check: lint, types and stale stubs
-check: lint types proto-check
+## buf: proto lint, and breaking changes against HEAD~1 (buf pinned in tools/buf; needs npm)
+.PHONY: buf
+buf:
+	tools/buf/check.sh
+
+## check: lint, types, stale stubs and proto lint
+check: lint types proto-check buf
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,7 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rotor.api import reflection
 from rotor.api.auth import CallerAuth
 from rotor.api.convert import KeySetEncoder
-from rotor.api.servicers import HEARTBEAT_INTERVAL, KeyAdminServicer, TokenServicer, WatcherLimits
+from rotor.api.http import HttpSide, KeySetSource
+from rotor.api.servicers import (
+    HEARTBEAT_INTERVAL,
+    KeyAdminServicer,
+    KeySetCache,
+    TokenServicer,
+    WatcherLimits,
+)
 from rotor.clock import Clock, SystemClock
 from rotor.config import Config
 from rotor.core.clients import Authenticator
@@ -30,7 +37,9 @@ from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import Event
 from rotor.core.rotation import Rotator
 from rotor.core.tokens import TokenPolicy, TokenService
-from rotor.store.sqlite import SqliteStore
+from rotor.metrics import Metrics
+from rotor.store import open_store
+from rotor.tls import TlsMaterial
 
 log = logging.getLogger("rotor.server")
 
@@ -45,8 +54,9 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.so_reuseport", 0),
 ]
+POLL = 0.5  # seconds between looks at the event log for other processes' writes
+POLL_SHARED = 0.05  # the same, for workers sharing a port: a watcher may be on any of them
 
 
 def key_policy(config: Config) -> KeyPolicy:
@@ -63,18 +73,31 @@ class RotorServer:
     """Everything one server process runs, started and stopped together."""
 
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, heartbeat_interval: float = HEARTBEAT_INTERVAL
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        reuse_port: bool = False,
     ):
+        """`reuse_port` lets several processes share the listening port (rotor serve --workers N)."""
         self.config = config
+        self._reuse_port = reuse_port
         self.clock = clock or SystemClock()
         self._heartbeat_interval = heartbeat_interval
         self.port = 0
+        self.http_port = 0
         self.kek_created = False
+        self._stopping = False
         self._running = contextlib.AsyncExitStack()  # what start() set going, stopped in reverse
 
     async def start(self) -> None:
         """Open the store, make sure a key signs, and listen; on failure nothing is left running."""
-        self.store = await SqliteStore.open(self.config.sqlite_path)
+        config = self.config
+        self._tls = TlsMaterial.load(config.tls)  # before anything is opened or written: fail fast
+        self.store = await open_store(
+            config.database_url, config.sqlite_path, pool_size=config.cluster.pool_size
+        )
         self._running.push_async_callback(self.store.close)
         try:
             await self._start()
@@ -84,7 +107,9 @@ class RotorServer:
 
     async def _start(self) -> None:
         config = self.config
-        kek, self.kek_created = load_kek(os.environ.get("ROTOR_KEK"), config.kek_path, create=True)
+        # a new KEK only for a new store: one that already holds sealed keys needs the KEK that sealed them
+        fresh = await self.store.last_sequence() == 0
+        kek, self.kek_created = load_kek(os.environ.get("ROTOR_KEK"), config.kek_path, create=fresh)
         if self.kek_created:
             log.warning(
                 "generated a key-encryption key at %s (mode 0600); keep it off the database's backups, "
@@ -118,9 +143,17 @@ class RotorServer:
             ),
         )
         self.encoder = KeySetEncoder(config.issuer, policy, config.keys.max_cache_age)
-        self.hub: EventHub[bytes] = EventHub(self.store, self.encoder.event, on_event=self._on_event)
-        self.rotator = Rotator(self.keys, self.store, self.clock)
+        # other processes' events: PostgreSQL wakes the hub (NOTIFY); SQLite sharers are polled for
+        poll = POLL_SHARED if self._reuse_port else POLL
+        self.hub: EventHub[bytes] = EventHub(
+            self.store, self.encoder.event, poll_interval=poll, on_event=self._on_event
+        )
+        self.rotator = Rotator(self.keys, self.store, self.clock, lease_ttl=config.cluster.lease_ttl)
 
+        self.metrics = Metrics()
+        self.metrics.watch_keys(
+            lambda: self.keys.tenants, self.keyring.live, self.keyring.has_active, policy, self.clock.now
+        )
         self.health = health_aio.HealthServicer()
         await self._set_health()
         # The hub first: from here on, a key change by any process reaches the key ring.
@@ -132,7 +165,8 @@ class RotorServer:
         self.rotator.start()
         self._running.push_async_callback(self.rotator.stop)
 
-        self.server = aio.server(options=GRPC_OPTIONS)
+        options = [*GRPC_OPTIONS, ("grpc.so_reuseport", int(self._reuse_port))]
+        self.server = aio.server(options=options)
         auth = CallerAuth(Authenticator(self.store, self.clock))
         self.server.add_generic_rpc_handlers(
             (
@@ -146,25 +180,51 @@ class RotorServer:
                     self.clock,
                     WatcherLimits(),
                     self._heartbeat_interval,
+                    self.metrics,
                 ).handler(),
-                KeyAdminServicer(auth, self.keys).handler(),
+                KeyAdminServicer(auth, self.keys, self.metrics).handler(),
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable(
             self.server, [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         )
+        tls = self._tls
         try:
-            self.port = self.server.add_insecure_port(config.listen)
+            if tls is None:
+                self.port = self.server.add_insecure_port(config.listen)
+            else:
+                self.port = self.server.add_secure_port(config.listen, tls.grpc_credentials())
         except RuntimeError:
             raise OSError(
                 f"cannot listen on {config.listen}: the address is in use or not available"
             ) from None
         await self.server.start()
         self._running.push_async_callback(self.server.stop, None)
+        if config.http_listen:
+            keysets = KeySetCache(self.store, self.hub, self.encoder, self.clock)
+            self.http = HttpSide(
+                issuer=config.issuer,
+                algorithm=config.keys.algorithm,
+                max_cache_age=config.keys.max_cache_age,
+                keys=self.keys,
+                keysets=KeySetSource(keysets.get),
+                metrics=self.metrics,
+                ready=self.ready,
+                mtls=tls is not None and tls.client_ca is not None,
+                reuse_port=self._reuse_port,  # every worker serves it: each its own /metrics
+            )
+            ssl_context = tls.ssl_context(config.tls) if tls is not None else None
+            self.http_port = await self.http.start(config.http_listen, ssl_context)
+            self._running.push_async_callback(self.http.stop)
         await self._set_health()
 
+    def ready(self) -> bool:
+        """Whether this server can do its job: not stopping, and every tenant has a key that signs."""
+        return not self._stopping and all(self.keyring.has_active(t) for t in self.keys.tenants)
+
     async def _on_event(self, event: Event) -> None:
+        self.metrics.key_events.labels(event.tenant, event.type.value).inc()
         if event.key is None:
             return
         # A key changed in another process (this one's changes are installed at commit): sign with the right one.
@@ -173,7 +233,7 @@ class RotorServer:
         await self._set_health()
 
     async def _set_health(self) -> None:
-        serving = all(self.keyring.has_active(t) for t in self.keys.tenants)
+        serving = self.ready()
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -182,6 +242,7 @@ class RotorServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop gracefully: streams end with UNAVAILABLE, unary calls in flight finish."""
+        self._stopping = True
         await self.health.enter_graceful_shutdown()
         await self.hub.close()
         await asyncio.sleep(0.05)  # let the streams send their final status

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from rotor.config import Config, ConfigError, load_config
@@ -32,17 +33,21 @@ class CliError(Exception):
 # -- serve -----------------------------------------------------------------------
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _setup_logging(config: Config, dev: bool = False) -> None:
+    from rotor import logs
+    from rotor.workers import worker_index
+
+    # the dev server is read by a person at a terminal: text, unless the config says otherwise
+    log_format = "text" if dev else config.log_format
+    logs.setup(log_format, config.log_level, worker_index())
 
 
-async def _serve(config: Config, dev: bool) -> int:
+async def _serve(config: Config, dev: bool, reuse_port: bool) -> int:
     from rotor.app import RotorServer, address
     from rotor.core.crypto import CryptoError
+    from rotor.store import describe_store
 
-    server = RotorServer(config)
+    server = RotorServer(config, reuse_port=reuse_port)
     try:
         await server.start()
     except (OSError, CryptoError) as e:
@@ -52,7 +57,9 @@ async def _serve(config: Config, dev: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     where = address(config.listen, server.port)
-    log.info("serving rotor.v1 on %s (store: %s)", where, config.sqlite_path)
+    log.info(
+        "serving rotor.v1 on %s (store: %s)", where, describe_store(config.database_url, config.sqlite_path)
+    )
     if dev:
         await _print_dev_banner(server, where)
     await stopping.wait()
@@ -99,23 +106,46 @@ For the README's walkthrough and the Python examples:
     )
 
 
+async def _prepare_workers(config: Config) -> None:
+    """What the workers must not race for: the store's migrations and the dev key-encryption key."""
+    from rotor.core.crypto import CryptoError, load_kek
+
+    fresh = await _with_store(config, lambda store: store.last_sequence()) == 0  # migrates, too
+    try:
+        load_kek(os.environ.get("ROTOR_KEK"), config.kek_path, create=fresh)
+    except (OSError, CryptoError) as e:
+        raise CliError(f"cannot start: {e}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from rotor.workers import Supervisor, worker_index
+
     if args.dev and args.config:
         raise CliError("give either --dev or --config, not both")
     if not args.dev and not args.config:
         raise CliError("give --config FILE, or --dev for a local server with no config")
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
     config = load_config(args.config) if args.config else Config()
-    _setup_logging()
-    return asyncio.run(_serve(config, args.dev))
+    _setup_logging(config, dev=args.dev)
+    index = worker_index()
+    if args.workers > 1 and index is None:
+        if config.listen.endswith(":0"):
+            raise CliError("--workers needs a fixed port in listen (the workers share it), not port 0")
+        asyncio.run(_prepare_workers(config))
+        argv = ["serve", "--dev"] if args.dev else ["serve", "--config", args.config]
+        return Supervisor([*argv, "--workers", str(args.workers)], args.workers).run()
+    # a worker shares the port; only the first prints the dev banner (it resets the demo secret)
+    return asyncio.run(_serve(config, args.dev and index in (None, 0), reuse_port=index is not None))
 
 
 # -- clients ---------------------------------------------------------------------
 
 
 async def _with_store(config: Config, work: Callable[[Any], Any]) -> Any:
-    from rotor.store.sqlite import SqliteStore
+    from rotor.store import open_store
 
-    store = await SqliteStore.open(config.sqlite_path)
+    store = await open_store(config.database_url, config.sqlite_path, pool_size=2)
     try:
         return await work(store)
     finally:
@@ -137,6 +167,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
             audiences=args.audience,
             admin=args.admin,
             allow_any_subject=args.allow_any_subject,
+            cert_san=args.cert_san,
         )
 
     try:
@@ -152,6 +183,8 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         print(f"scopes:        {' '.join(c.scopes) or '-'}")
         print(f"audiences:     {' '.join(c.audiences) or '-'}")
         print(f"admin:         {'yes' if c.admin else 'no'}")
+        if c.cert_san:
+            print(f"cert_san:      {c.cert_san} (a client certificate with this URI SAN authenticates it)")
         print("The secret is shown once: only its hash is stored.")
     return 0
 
@@ -166,6 +199,7 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
             "audiences": list(c.audiences),
             "admin": c.admin,
             "allow_any_subject": c.allow_any_subject,
+            "cert_san": c.cert_san,
             "disabled": c.disabled,
             "created_at": _iso(c.created_at),
         }
@@ -191,6 +225,21 @@ def cmd_clients_disable(args: argparse.Namespace) -> int:
 # -- keys (over gRPC) ------------------------------------------------------------
 
 
+def _channel(args: argparse.Namespace, target: str) -> Any:
+    """A channel to the server: TLS when --ca-file (or a client certificate) is given."""
+    import grpc
+
+    if not (args.ca_file or args.cert_file):
+        return grpc.insecure_channel(target)
+    try:
+        root = Path(args.ca_file).read_bytes() if args.ca_file else None
+        cert = Path(args.cert_file).read_bytes() if args.cert_file else None
+        key = Path(args.key_file).read_bytes() if args.key_file else None
+    except OSError as e:
+        raise CliError(f"cannot read {e.filename}: {e.strerror}") from None
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root, key, cert))
+
+
 def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
     import grpc
 
@@ -204,7 +253,7 @@ def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
         )
     target = args.target or load_config(args.config).listen
     basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    with grpc.insecure_channel(target) as channel:
+    with _channel(args, target) as channel:
         stub = key_admin_pb2_grpc.KeyAdminStub(channel)
         try:
             return getattr(stub, method)(request, metadata=(("authorization", f"Basic {basic}"),), timeout=30)
@@ -326,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--config", help="TOML config file")
     serve.add_argument("--dev", action="store_true", help="no config: SQLite under ./data, a demo client")
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="N processes sharing the port and the store"
+    )
     serve.set_defaults(func=cmd_serve)
 
     clients = sub.add_parser("clients", help="register and manage clients (works on the store directly)")
@@ -338,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--admin", action="store_true", help="may call KeyAdmin and revoke any token")
     add.add_argument("--allow-any-subject", action="store_true", help="may name another subject in Issue")
+    add.add_argument(
+        "--cert-san", metavar="URI", help="a client certificate with this URI SAN authenticates it (mTLS)"
+    )
     add.set_defaults(func=cmd_clients_add)
     lst = csub.add_parser("list", help="list clients")
     lst.set_defaults(func=cmd_clients_list)
@@ -374,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tenant", default="", help="tenant (default: the default tenant)")
         p.add_argument("--client-id", help="admin client id (or ROTOR_CLIENT_ID)")
         p.add_argument("--client-secret", help="admin client secret (or ROTOR_CLIENT_SECRET)")
+        p.add_argument("--ca-file", help="PEM CA that signed the server's certificate (TLS)")
+        p.add_argument("--cert-file", help="PEM client certificate (mTLS)")
+        p.add_argument("--key-file", help="PEM key of the client certificate (mTLS)")
         p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 

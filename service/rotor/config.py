@@ -74,15 +74,24 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    lease_ttl: float = 10.0  # a dead rotator's lease passes to another process after this
+    pool_size: int = 10  # PostgreSQL connections per process
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     issuer: str = "https://tokens.internal"
     listen: str = "127.0.0.1:50051"
     http_listen: str = ""
     data_dir: str = "./data"
     database_url: str = ""
+    log_format: str = "json"
+    log_level: str = "info"
     keys: KeysConfig = field(default_factory=KeysConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def sqlite_path(self) -> Path:
@@ -95,7 +104,15 @@ class Config:
 
 # key -> kind, per table ("" is the top level). Kinds: str, bool, int, duration.
 _SCHEMA: dict[str, dict[str, str]] = {
-    "": {"issuer": "str", "listen": "str", "http_listen": "str", "data_dir": "str", "database_url": "str"},
+    "": {
+        "issuer": "str",
+        "listen": "str",
+        "http_listen": "str",
+        "data_dir": "str",
+        "database_url": "str",
+        "log_format": "str",
+        "log_level": "str",
+    },
     "keys": {
         "algorithm": "str",
         "rotation_period": "duration",
@@ -113,6 +130,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "refresh_family_ttl": "duration",
     },
     "tls": {"cert_file": "str", "key_file": "str", "client_ca_file": "str", "require_client_cert": "bool"},
+    "cluster": {"lease_ttl": "duration", "pool_size": "int"},
 }
 
 
@@ -166,6 +184,7 @@ def config_from_dict(doc: dict[str, Any]) -> Config:
         keys=KeysConfig(**values["keys"]),
         tokens=TokensConfig(**values["tokens"]),
         tls=TlsConfig(**values["tls"]),
+        cluster=ClusterConfig(**values["cluster"]),
     )
     unparsed = {line.split(":", 1)[0] for line in violations}
     violations += [v for v in policy_violations(config) if not any(name in v for name in unparsed)]
@@ -219,14 +238,45 @@ def policy_violations(config: Config) -> list[str]:
         out.append("issuer: must not be empty (it is every token's `iss` claim)")
     if not _valid_listen(config.listen):
         out.append(f"listen: {config.listen!r} is not HOST:PORT")
-    if config.http_listen:
-        out.append('http_listen: the HTTP side port is not supported yet; leave it ""')
-    if any(
-        (config.tls.cert_file, config.tls.key_file, config.tls.client_ca_file, config.tls.require_client_cert)
-    ):
-        out.append("tls: TLS is not supported yet; remove the [tls] settings")
-    if config.database_url:
-        out.append('database_url: only the embedded SQLite store is supported yet; leave it ""')
+    if config.http_listen and not _valid_listen(config.http_listen):
+        out.append(f"http_listen: {config.http_listen!r} is not HOST:PORT")
+    if config.http_listen and config.http_listen == config.listen and not config.listen.endswith(":0"):
+        out.append("http_listen: must differ from listen (gRPC and HTTP need ports of their own)")
+    out += _tls_violations(config.tls)
+    if config.database_url and not config.database_url.startswith(("postgresql://", "postgres://")):
+        out.append(
+            f"database_url: {config.database_url[:40]!r} is not a postgresql:// URL "
+            '(leave it "" for the embedded SQLite store)'
+        )
+    if config.log_format not in ("json", "text"):
+        out.append(f'log_format: {config.log_format[:20]!r} is neither "json" nor "text"')
+    if config.log_level not in ("debug", "info", "warning", "error"):
+        out.append(f"log_level: {config.log_level[:20]!r} is not one of debug, info, warning, error")
+    if config.cluster.lease_ttl < 1:
+        out.append("cluster.lease_ttl: must be at least 1s")
+    if not 1 <= config.cluster.pool_size <= 1000:
+        out.append(f"cluster.pool_size: {config.cluster.pool_size} is outside 1..1000")
+    return out
+
+
+def _tls_violations(tls: TlsConfig) -> list[str]:
+    out = []
+    if bool(tls.cert_file) != bool(tls.key_file):
+        out.append(
+            "tls.cert_file and tls.key_file: give both (the server's certificate and its key) or neither"
+        )
+    if tls.client_ca_file and not tls.cert_file:
+        out.append(
+            "tls.client_ca_file: client certificates need TLS first; set tls.cert_file and tls.key_file"
+        )
+    if tls.require_client_cert and not tls.client_ca_file:
+        out.append("tls.require_client_cert: needs tls.client_ca_file, the CA that signs client certificates")
+    if tls.client_ca_file and not tls.require_client_cert:
+        out.append(
+            "tls.require_client_cert: must be true when tls.client_ca_file is set: the gRPC server cannot ask "
+            "for an optional client certificate, so every client presents one (and may still add Basic "
+            "credentials)"
+        )
     return out
 
 

@@ -46,6 +46,7 @@ from rotor.core.model import (
     Event,
     EventType,
     KeyState,
+    Lease,
     Operation,
     OperationState,
     SigningKey,
@@ -98,6 +99,10 @@ class KeyRing:
                 self._signers[tenant] = Signer.for_key(active.kid, active.alg, private)
         self._live[tenant] = live
         self._sequence[tenant] = sequence
+
+    def live(self, tenant: str) -> tuple[SigningKey, ...]:
+        """The tenant's keys in the key set (pending, active, retired), as this process last saw them."""
+        return self._live.get(tenant, ())
 
     def sequence(self, tenant: str) -> int:
         """The event sequence the tenant's view reflects."""
@@ -219,8 +224,12 @@ class KeyManager:
 
     # -- the schedule ------------------------------------------------------
 
-    async def apply_due(self, tenant: str) -> float | None:
-        """Apply every transition due now; returns when the next one falls due."""
+    async def apply_due(self, tenant: str, lease: Lease | None = None) -> float | None:
+        """Apply every transition due now; returns when the next one falls due.
+
+        With `lease`, nothing is applied unless the lease is still held when the
+        transaction runs (a rotator that lost it to another process stands down).
+        """
         keys = await self._store.list_keys(tenant, LIVE_STATES)
         plan = lifecycle.due(keys, self._clock.now(), self.policy)
         if not plan:
@@ -229,7 +238,11 @@ class KeyManager:
         if any(t.step in (Step.BOOTSTRAP, Step.PUBLISH_NEXT) for t in plan):
             spare = await self._prepare_key(tenant)
         async with self._store.transaction() as tx:
+            await tx.lock_keys(tenant)
             now = self._clock.now()
+            if lease is not None and not await tx.holds_lease(lease.name, lease.holder, lease.fencing, now):
+                log.warning("lost the %s lease; leaving tenant %r to its new holder", lease.name, tenant)
+                return None
             keys = await tx.list_keys(tenant, LIVE_STATES)
             changes: list[tuple[EventType, SigningKey]] = []
             for transition in lifecycle.due(keys, now, self.policy):  # again: another process may have acted
@@ -311,6 +324,7 @@ class KeyManager:
                 return pending
         spare = await self._prepare_key(tenant)
         async with self._store.transaction() as tx:
+            await tx.lock_keys(tenant)
             now = self._clock.now()
             keys = await tx.list_keys(tenant, LIVE_STATES)
             active, pending = lifecycle.active_key(keys), lifecycle.pending_key(keys)
@@ -422,6 +436,9 @@ class KeyManager:
                 if not await tx.update_operation(applied, OperationState.PENDING.value):
                     raise OperationAlreadyApplied(f"operation {operation_id} was approved concurrently")
             key = await tx.get_key(kid)
+            if key is not None:  # a key's tenant never changes: lock it, then read the key again
+                await tx.lock_keys(key.tenant)
+                key = await tx.get_key(kid)
             if key is None:
                 raise KeyNotFound(f"no key with kid {kid!r}; ListKeys shows the kids")
             match key.state:

@@ -102,6 +102,7 @@ class Client:
     allow_any_subject: bool = False
     disabled: bool = False
     created_at: float = 0.0
+    cert_san: str | None = None  # a client certificate's URI SAN that authenticates it (mTLS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,15 @@ class RevokedToken:
     expires_at: float
     revoked_at: float
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A lease this process holds (see Store.acquire_lease): checked again inside each transaction it guards."""
+
+    name: str
+    holder: str
+    fencing: int
 
 
 class OperationState(enum.Enum):

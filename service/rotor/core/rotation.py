@@ -3,6 +3,12 @@
 It sleeps until the next transition falls due (at most `max_sleep`, so
 changes made by other processes are noticed), and wakes early whenever this
 process changes a key.
+
+Where several processes share a store (`--workers N`, replicas), exactly one
+runs the schedule: the holder of the "rotator" lease, which it renews at every
+tick. If it dies, another takes the lease once `lease_ttl` has passed; each
+transaction re-checks the lease's fencing token, so a holder that lost it
+changes nothing. Admin operations (RotateKeys, RevokeKey) run on any process.
 """
 
 from __future__ import annotations
@@ -10,12 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 
 from rotor.clock import Clock
 from rotor.core.keys import KeyManager
-from rotor.store import Store
+from rotor.core.model import Lease
+from rotor.store import Store, StoreError
 
 log = logging.getLogger("rotor.rotation")
+LEASE = "rotator"
+
+
+def holder_name() -> str:
+    """This process, as a lease holder: unique, and readable in the store."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class Rotator:
@@ -30,6 +46,7 @@ class Rotator:
         max_sleep: float = 1.0,
         prune_every: float = 60.0,
         event_retention: float = 7 * 86400.0,
+        lease_ttl: float = 10.0,
     ) -> None:
         self._keys = keys
         self._store = store
@@ -39,12 +56,19 @@ class Rotator:
         self._event_retention = event_retention
         self._last_prune = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._lease_ttl = lease_ttl
+        self._holder = holder_name()
+        self.lease: Lease | None = None  # set while this process runs the schedule
 
     async def tick(self) -> float | None:
-        """Apply what is due in every tenant; returns when the next transition falls due."""
+        """Apply what is due in every tenant, if this process holds the lease; returns when the next
+        transition falls due (None when nothing is scheduled here)."""
+        lease = await self._renew_lease()
+        if lease is None:
+            return None
         next_at: float | None = None
         for tenant in self._keys.tenants:
-            due = await self._keys.apply_due(tenant)
+            due = await self._keys.apply_due(tenant, lease)
             if due is not None and (next_at is None or due < next_at):
                 next_at = due
         now = self._clock.now()
@@ -56,6 +80,18 @@ class Rotator:
                 log.info("pruned %d expired rows", removed)
         return next_at
 
+    async def _renew_lease(self) -> Lease | None:
+        fencing = await self._store.acquire_lease(LEASE, self._holder, self._lease_ttl, self._clock.now())
+        if fencing is None:
+            if self.lease is not None:
+                log.warning("another process took the rotator lease; this one stops rotating keys")
+            self.lease = None
+            return None
+        if self.lease is None or self.lease.fencing != fencing:
+            log.info("this process runs key rotation now (lease %s, fencing token %d)", self._holder, fencing)
+        self.lease = Lease(LEASE, self._holder, fencing)
+        return self.lease
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="rotor-rotator")
 
@@ -64,6 +100,10 @@ class Rotator:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.lease is not None:  # hand over at once rather than after lease_ttl
+            with contextlib.suppress(StoreError):
+                await self._store.release_lease(LEASE, self._holder)
+            self.lease = None
 
     async def _run(self) -> None:
         while True:
@@ -74,7 +114,8 @@ class Rotator:
                 log.exception("key rotation failed; retrying")
                 next_at = None
             delay = self._max_sleep if next_at is None else next_at - self._clock.now()
-            delay = min(max(delay, 0.0), self._max_sleep)
+            # a holder renews well within lease_ttl; the others try as often, to take over in time
+            delay = min(max(delay, 0.0), self._max_sleep, self._lease_ttl / 3)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):  # not wait_for: it can swallow a cancellation
                     await self._keys.changed.wait()
