@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from rotor.app import RotorServer
-from rotor.config import Config
+from rotor.config import Config, TlsConfig
 
 from .support import BASE_KEYS, BASE_TOKENS, ISSUER, Credentials, Rotor
 
@@ -23,7 +23,7 @@ MakeRotor = Callable[..., Awaitable[Rotor]]
 
 @pytest.fixture
 async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeRotor]:
-    """Factory: await make_rotor(keys={...}, tokens={...}, **RotorServer options) -> a started Rotor."""
+    """Factory: await make_rotor(keys={...}, tokens={...}, http_listen=..., **RotorServer options) -> a started Rotor."""
     monkeypatch.delenv("ROTOR_KEK", raising=False)  # the key file under data_dir, as the tests expect
     started: list[Rotor] = []
 
@@ -31,10 +31,14 @@ async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         *,
         keys: dict[str, Any] | None = None,
         tokens: dict[str, Any] | None = None,
+        http_listen: str = "",
+        tls: TlsConfig | None = None,
         **server_options: Any,
     ) -> Rotor:
         config = Config(
             listen="127.0.0.1:0",
+            http_listen=http_listen,
+            tls=tls or TlsConfig(),
             data_dir=str(tmp_path / f"data{len(started)}"),
             issuer=ISSUER,
             keys=replace(BASE_KEYS, **(keys or {})),

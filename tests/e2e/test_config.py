@@ -71,19 +71,11 @@ def test_an_unknown_key_does_not_hide_a_policy_violation(tmp_path: pathlib.Path)
     assert_refused(serve(tmp_path, config), "keys.rotation_perid", "keys.algorithm", "tokens.max_access_ttl")
 
 
-@pytest.mark.parametrize(
-    "config, key",
-    [
-        ({"http_listen": "127.0.0.1:8080"}, "http_listen"),
-        ({"tls": {"cert_file": "server.pem", "key_file": "server.key"}}, "tls"),
-        ({"tls": {"require_client_cert": True}}, "tls"),
-    ],
-    ids=["http_listen", "tls_cert", "tls_client_cert"],
-)
-def test_features_not_built_yet_are_refused(tmp_path: pathlib.Path, config: dict[str, Any], key: str) -> None:
-    done = serve(tmp_path, config)
-    assert_refused(done, key)
-    assert "not supported yet" in done.stderr, done.stderr
+def test_an_unreadable_tls_file_stops_the_start_before_anything_is_written(tmp_path: pathlib.Path) -> None:
+    """A missing certificate is one line naming the file, and no store or key is created."""
+    done = serve(tmp_path, {"tls": {"cert_file": "server.pem", "key_file": "server.key"}})
+    assert done.returncode != 0 and "tls.cert_file: cannot read server.pem" in done.stderr, done.stderr
+    assert not (tmp_path / "data" / "rotor.db").exists(), "the store was opened before TLS was checked"
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ Every error leaves with a message a developer can act on and a
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import uuid
 from typing import Any, NoReturn
@@ -20,6 +21,8 @@ from rotor.core import errors as e
 log = logging.getLogger("rotor.api")
 
 DOMAIN = "rotor"
+# (status code name, reason) of the call being handled, once it fails
+failure: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("rotor_failure", default=("OK", ""))
 Context = aio.ServicerContext[Any, Any]
 
 STATUS_OF: dict[type[e.RotorError], grpc.StatusCode] = {
@@ -69,6 +72,7 @@ def rich_status(
 
 
 async def abort(context: Context, code: grpc.StatusCode, message: str, reason: str) -> NoReturn:
+    failure.set((code.name, reason))  # for the metrics, read where the call ends
     await context.abort(
         code, message, trailing_metadata=(("grpc-status-details-bin", rich_status(code, message, reason)),)
     )

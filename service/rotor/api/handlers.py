@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,8 +18,10 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
-from rotor.api.errors import abort, abort_internal, abort_with
+from rotor.api.errors import abort, abort_internal, abort_with, failure
 from rotor.core.errors import InvalidRequest, RotorError
+from rotor.logs import new_request_id, request_id
+from rotor.metrics import Metrics, caller
 from rotor.store import StoreError
 
 M = TypeVar("M", bound=Message)
@@ -110,18 +113,63 @@ def streaming(method: Streaming) -> Streaming:
     return handler
 
 
+def _counted_unary(method: str, fn: BoundUnary, metrics: Metrics) -> BoundUnary:
+    """`fn`, with its latency, outcome and caller recorded."""
+
+    async def call(request: Any, context: Context) -> Any:
+        outcome, who = failure.set(("OK", "")), caller.set("")
+        rid = request_id.set(new_request_id(context.invocation_metadata()))
+        start = time.perf_counter()
+        try:
+            return await fn(request, context)
+        finally:
+            code, reason = failure.get()
+            if code == "OK" and context.cancelled():
+                code = "CANCELLED"
+            metrics.observe(method, code, time.perf_counter() - start, reason)
+            failure.reset(outcome)
+            caller.reset(who)
+            request_id.reset(rid)
+
+    return call
+
+
+def _counted_stream(method: str, fn: BoundStreaming, metrics: Metrics) -> BoundStreaming:
+    """`fn`, counted among the open streams, with its outcome recorded."""
+
+    async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+        failure.set(("OK", ""))
+        caller.set("")
+        request_id.set(new_request_id(context.invocation_metadata()))
+        metrics.watchers.inc()
+        try:
+            async for response in fn(request, context):
+                yield response
+        finally:
+            metrics.watchers.dec()
+            code, reason = failure.get()
+            metrics.observe(method, code, None, reason)
+
+    return call
+
+
 def service(
     name: str,
     unaries: dict[str, tuple[BoundUnary, type[Message]]],
     streams: dict[str, tuple[BoundStreaming, type[Message]]],
+    metrics: Metrics | None = None,
 ) -> grpc.GenericRpcHandler[Any, Any]:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method, (fn, request_type) in unaries.items():
         handlers[method] = grpc.unary_unary_rpc_method_handler(
-            fn, request_deserializer=decoder(request_type), response_serializer=encode
+            fn if metrics is None else _counted_unary(method, fn, metrics),
+            request_deserializer=decoder(request_type),
+            response_serializer=encode,
         )
     for method, (stream_fn, request_type) in streams.items():
         handlers[method] = grpc.unary_stream_rpc_method_handler(
-            stream_fn, request_deserializer=decoder(request_type), response_serializer=encode
+            stream_fn if metrics is None else _counted_stream(method, stream_fn, metrics),
+            request_deserializer=decoder(request_type),
+            response_serializer=encode,
         )
     return grpc.method_handlers_generic_handler(name, handlers)

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from rotor.api import convert
-from rotor.api.auth import CallerAuth
+from rotor.api.auth import CallerAuth, bound_certificate
 from rotor.api.handlers import Context, service, streaming, unary
 from rotor.clock import Clock
 from rotor.core import validation
@@ -23,6 +23,7 @@ from rotor.core.events import EventHub
 from rotor.core.keys import KeyManager
 from rotor.core.model import Client
 from rotor.core.tokens import TokenService
+from rotor.metrics import Metrics
 from rotor.store import Store
 from rotor.v1 import key_admin_pb2, token_service_pb2
 
@@ -92,8 +93,10 @@ class TokenServicer:
         clock: Clock,
         limits: WatcherLimits,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        metrics: Metrics | None = None,
     ) -> None:
         self._auth, self._tokens, self._keys, self._store = auth, tokens, keys, store
+        self._metrics = metrics
         self._hub, self._encoder, self._clock, self._limits = hub, encoder, clock, limits
         self._keysets = KeySetCache(store, hub, encoder, clock)
         self._heartbeat = heartbeat_interval
@@ -102,7 +105,7 @@ class TokenServicer:
     async def issue(
         self, request: token_service_pb2.IssueRequest, context: Context
     ) -> token_service_pb2.TokenResponse:
-        client = await self._auth.require(context.invocation_metadata())
+        client = await self._auth.require(context)
         ttl = convert.seconds_of(request.ttl, "ttl") if request.HasField("ttl") else None
         issued = await self._tokens.issue(
             client,
@@ -110,6 +113,7 @@ class TokenServicer:
             scopes=tuple(request.scope),
             ttl=ttl,
             subject=request.subject,
+            bound_to=bound_certificate(context),
         )
         return convert.token_response(issued)
 
@@ -117,9 +121,12 @@ class TokenServicer:
     async def refresh(
         self, request: token_service_pb2.RefreshRequest, context: Context
     ) -> token_service_pb2.TokenResponse:
-        client = await self._auth.require(context.invocation_metadata())
+        client = await self._auth.require(context)
         issued = await self._tokens.refresh(
-            client, refresh_token=request.refresh_token, scopes=tuple(request.scope)
+            client,
+            refresh_token=request.refresh_token,
+            scopes=tuple(request.scope),
+            bound_to=bound_certificate(context),
         )
         return convert.token_response(issued)
 
@@ -127,7 +134,7 @@ class TokenServicer:
     async def revoke(
         self, request: token_service_pb2.RevokeRequest, context: Context
     ) -> token_service_pb2.RevokeResponse:
-        client = await self._auth.require(context.invocation_metadata())
+        client = await self._auth.require(context)
         revoked = await self._tokens.revoke(client, token=request.token, reason=request.reason)
         return token_service_pb2.RevokeResponse(revoked=revoked)
 
@@ -141,7 +148,7 @@ class TokenServicer:
         self, request: token_service_pb2.WatchKeyRotationsRequest, context: Context
     ) -> AsyncIterator[bytes]:
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
-        client = await self._auth.optional(context.invocation_metadata())
+        client = await self._auth.optional(context)
         with self._limits.hold(client, context.peer()):
             sub = self._hub.subscribe(tenant)  # before reading: nothing committed from now on is missed
             try:
@@ -163,6 +170,9 @@ class TokenServicer:
                     delivery = await sub.next(self._heartbeat)
                     if delivery is not None:
                         if delivery.event.sequence > last:
+                            if self._metrics is not None:
+                                lag = self._clock.now() - delivery.event.occurred_at
+                                self._metrics.delivery_lag.observe(max(lag, 0.0))
                             yield delivery.encoded
                             last = delivery.event.sequence
                     elif sub.closed == "shutdown":
@@ -194,20 +204,21 @@ class TokenServicer:
                 "GetKeySet": (self.get_key_set, token_service_pb2.GetKeySetRequest),
             },
             {"WatchKeyRotations": (self.watch_key_rotations, token_service_pb2.WatchKeyRotationsRequest)},
+            self._metrics,
         )
 
 
 class KeyAdminServicer:
     """rotor.v1.KeyAdmin: admin clients only."""
 
-    def __init__(self, auth: CallerAuth, keys: KeyManager) -> None:
-        self._auth, self._keys = auth, keys
+    def __init__(self, auth: CallerAuth, keys: KeyManager, metrics: Metrics | None = None) -> None:
+        self._auth, self._keys, self._metrics = auth, keys, metrics
 
     @unary
     async def rotate_keys(
         self, request: key_admin_pb2.RotateKeysRequest, context: Context
     ) -> key_admin_pb2.RotateKeysResponse:
-        admin = await self._auth.require_admin(context.invocation_metadata())
+        admin = await self._auth.require_admin(context)
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
         reason = validation.reason(request.reason) or f"requested by {admin.client_id}"
         key = await self._keys.rotate(tenant, immediate=request.immediate, reason=reason)
@@ -217,7 +228,7 @@ class KeyAdminServicer:
     async def revoke_key(
         self, request: key_admin_pb2.RevokeKeyRequest, context: Context
     ) -> key_admin_pb2.RevokeKeyResponse:
-        admin = await self._auth.require_admin(context.invocation_metadata())
+        admin = await self._auth.require_admin(context)
         kid = _required(validation.identifier(request.kid, "kid"), "kid")
         revocation = await self._keys.revoke(
             kid, reason=validation.reason(request.reason), actor=admin.client_id
@@ -232,7 +243,7 @@ class KeyAdminServicer:
     async def approve_operation(
         self, request: key_admin_pb2.ApproveOperationRequest, context: Context
     ) -> key_admin_pb2.ApproveOperationResponse:
-        admin = await self._auth.require_admin(context.invocation_metadata())
+        admin = await self._auth.require_admin(context)
         operation_id = _required(validation.identifier(request.operation_id, "operation_id"), "operation_id")
         key = await self._keys.approve(operation_id, actor=admin.client_id)
         return key_admin_pb2.ApproveOperationResponse(key=convert.key(key))
@@ -241,7 +252,7 @@ class KeyAdminServicer:
     async def list_keys(
         self, request: key_admin_pb2.ListKeysRequest, context: Context
     ) -> key_admin_pb2.ListKeysResponse:
-        await self._auth.require_admin(context.invocation_metadata())
+        await self._auth.require_admin(context)
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
         keys = await self._keys.list_keys(tenant, include_expired=request.include_expired)
         return key_admin_pb2.ListKeysResponse(keys=[convert.key(k) for k in keys])
@@ -256,6 +267,7 @@ class KeyAdminServicer:
                 "ListKeys": (self.list_keys, key_admin_pb2.ListKeysRequest),
             },
             {},
+            self._metrics,
         )
 
 
