@@ -119,6 +119,7 @@ class Rotor:
         audiences: tuple[str, ...] = (AUDIENCE,),
         admin: bool = False,
         allow_any_subject: bool = False,
+        cert_san: str | None = None,
     ) -> Credentials:
         registration = await register_client(
             self.server.store,
@@ -128,6 +129,7 @@ class Rotor:
             audiences=audiences,
             admin=admin,
             allow_any_subject=allow_any_subject,
+            cert_san=cert_san,
         )
         return Credentials(name, registration.secret)
 

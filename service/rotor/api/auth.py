@@ -7,9 +7,15 @@ import binascii
 from collections.abc import Iterable
 from typing import Any
 
+from grpc import aio
+
 from rotor.core.clients import Authenticator
 from rotor.core.errors import AdminRequired, InvalidClient
 from rotor.core.model import Client
+from rotor.metrics import caller
+from rotor.tls import peer_certificate
+
+Context = aio.ServicerContext[Any, Any]
 
 MAX_CREDENTIALS = 1024  # characters of the base64 part; far above any real id and secret
 
@@ -44,27 +50,51 @@ def basic_credentials(metadata: Iterable[tuple[str, Any]] | None) -> tuple[str, 
 
 
 class CallerAuth:
-    """Turns a call's metadata into the authenticated Client."""
+    """Turns a call's credentials into the authenticated Client: Basic credentials in the
+    metadata, or else (over mTLS) the client certificate gRPC verified."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
 
-    async def optional(self, metadata: Any) -> Client | None:
-        credentials = basic_credentials(metadata)
-        if credentials is None:
-            return None
-        return await self._authenticator.authenticate(*credentials)
-
-    async def require(self, metadata: Any) -> Client:
-        client = await self.optional(metadata)
+    async def optional(self, context: Context) -> Client | None:
+        """The caller, or None for an anonymous one (no Basic credentials, and no client
+        certificate registered to a client)."""
+        credentials = basic_credentials(context.invocation_metadata())
+        client: Client | None = None
+        if credentials is not None:
+            client = await self._authenticator.authenticate(*credentials)
+        else:
+            peer = peer_certificate(context.auth_context())
+            if peer is not None:
+                client = await self._authenticator.client_for_certificate(peer.uris)
         if client is None:
-            raise InvalidClient(f"this call needs client credentials; {_HOW}")
+            return None
+        caller.set(client.client_id)  # the metrics' and logs' client label
         return client
 
-    async def require_admin(self, metadata: Any) -> Client:
-        client = await self.require(metadata)
+    async def require(self, context: Context) -> Client:
+        client = await self.optional(context)
+        if client is not None:
+            return client
+        peer = peer_certificate(context.auth_context())
+        if peer is not None:
+            shown = ", ".join(u[:80] for u in peer.uris[:3]) or "none"
+            raise InvalidClient(
+                f"no client is registered for this certificate's URI SANs ({shown}): register one with "
+                "`rotor clients add NAME --cert-san URI`, or send Basic credentials"
+            )
+        raise InvalidClient(f"this call needs client credentials; {_HOW}")
+
+    async def require_admin(self, context: Context) -> Client:
+        client = await self.require(context)
         if not client.admin:
             raise AdminRequired(
                 f"client {client.client_id!r} is not an admin; KeyAdmin calls need an admin client"
             )
         return client
+
+
+def bound_certificate(context: Context) -> str | None:
+    """The x5t#S256 thumbprint to bind tokens to (RFC 8705): the call's client certificate, if any."""
+    peer = peer_certificate(context.auth_context())
+    return peer.thumbprint if peer is not None else None

@@ -76,8 +76,12 @@ async def register_client(
     admin: bool = False,
     allow_any_subject: bool = False,
     tenant: str = DEFAULT_TENANT,
+    cert_san: str | None = None,
 ) -> Registration:
-    """Register a client with a fresh secret; ClientExists if the id is taken."""
+    """Register a client with a fresh secret; ClientExists if the id (or the certificate SAN) is taken.
+
+    With `cert_san`, a client certificate carrying that URI SAN authenticates it too (mTLS).
+    """
     if not validation.CLIENT_ID.fullmatch(client_id):
         raise InvalidRequest(
             f"client id {quote(client_id)} must be 1-128 letters, digits or ._:@/+- and start with a letter or digit",
@@ -94,12 +98,14 @@ async def register_client(
         admin=admin,
         allow_any_subject=allow_any_subject,
         created_at=clock.now(),
+        cert_san=_cert_san(cert_san) if cert_san is not None else None,
     )
     try:
         async with store.transaction() as tx:
             await tx.insert_client(client)
     except AlreadyExists:
-        raise ClientExists(f"a client named {client_id!r} exists already") from None
+        taken = f" or the certificate SAN {cert_san!r}" if cert_san else ""
+        raise ClientExists(f"a client named {client_id!r}{taken} exists already") from None
     return Registration(client, secret)
 
 
@@ -123,6 +129,21 @@ async def set_disabled(store: Store, client_id: str, disabled: bool) -> Client:
         client = replace(client, disabled=disabled)
         await tx.update_client(client)
     return client
+
+
+MAX_CERT_SAN = 2048  # characters of a URI SAN
+
+
+def _cert_san(uri: str) -> str:
+    """A URI SAN as registered: an absolute URI such as spiffe://example.org/svc."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not scheme.isascii() or not scheme.isalpha() or not rest or len(uri) > MAX_CERT_SAN:
+        raise InvalidRequest(
+            f"certificate SAN {quote(uri)} must be an absolute URI such as spiffe://example.org/svc",
+            "INVALID_VALUE",
+            "cert_san",
+        )
+    return uri
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +179,19 @@ class Authenticator:
         if client.disabled:
             raise ClientDisabled(f"client {client_id!r} is disabled; an operator can enable it again")
         return client
+
+    async def client_for_certificate(self, uris: tuple[str, ...]) -> Client | None:
+        """The client registered for one of a verified client certificate's URI SANs (RFC 8705
+        tls_client_auth); None when there is none, ClientDisabled when it is disabled."""
+        for uri in uris:
+            client = await self._store.get_client_by_cert_san(uri) if len(uri) <= MAX_CERT_SAN else None
+            if client is not None:
+                if client.disabled:
+                    raise ClientDisabled(
+                        f"client {client.client_id!r} is disabled; an operator can enable it again"
+                    )
+                return client
+        return None
 
     async def _secret_matches(self, client: Client, secret: str) -> bool:
         digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()

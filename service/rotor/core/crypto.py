@@ -202,7 +202,10 @@ def load_kek(env_value: str | None, path: Path, create: bool) -> tuple[bytes, bo
         kek = base64.b64decode(path.read_bytes().strip(), validate=True)
     except FileNotFoundError:
         if not create:
-            raise CryptoError(f"no key-encryption key: set ROTOR_KEK or create {path}") from None
+            raise CryptoError(
+                f"no key-encryption key at {path}, and the store already holds keys sealed with one: "
+                "restore that file (or set ROTOR_KEK to it); a new one could not open them"
+            ) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         kek = os.urandom(32)
         draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")

@@ -84,7 +84,9 @@ class TokenService:
         scopes: tuple[str, ...],
         ttl: float | None,
         subject: str,
+        bound_to: str | None = None,
     ) -> IssuedTokens:
+        """`bound_to`: the x5t#S256 of the client certificate the call came with (RFC 8705)."""
         audiences = self._granted_audiences(client, validation.audiences(audiences))
         scopes = validation.scopes(scopes)
         self._check_scopes(client, scopes)
@@ -130,6 +132,7 @@ class TokenService:
             now,
             refresh_token,
             refresh_expires_at,
+            bound_to,
         )
 
     def _granted_audiences(self, client: Client, requested: tuple[str, ...]) -> tuple[str, ...]:
@@ -178,6 +181,7 @@ class TokenService:
         now: float,
         refresh_token: str,
         refresh_expires_at: float | None,
+        bound_to: str | None,
     ) -> IssuedTokens:
         signer = self._keyring.signer(client.tenant)
         iat = int(now)
@@ -193,6 +197,8 @@ class TokenService:
         }
         if scopes:
             claims["scope"] = " ".join(scopes)
+        if bound_to:
+            claims["cnf"] = {"x5t#S256": bound_to}
         return IssuedTokens(
             access_token=signer.sign(claims),
             expires_at=iat + lifetime,
@@ -205,7 +211,9 @@ class TokenService:
 
     # -- Refresh ---------------------------------------------------------------
 
-    async def refresh(self, client: Client, *, refresh_token: str, scopes: tuple[str, ...]) -> IssuedTokens:
+    async def refresh(
+        self, client: Client, *, refresh_token: str, scopes: tuple[str, ...], bound_to: str | None = None
+    ) -> IssuedTokens:
         validation.token(refresh_token, "refresh_token")
         scopes = validation.scopes(scopes)
         token_hash = refresh_token_hash(refresh_token)
@@ -258,6 +266,7 @@ class TokenService:
             now,
             successor,
             refresh_expires_at,
+            bound_to,
         )
 
     def _narrow(self, client: Client, family: RefreshFamily, scopes: tuple[str, ...]) -> tuple[str, ...]:
