@@ -38,6 +38,8 @@ data_dir = "{data}"
 database_url = "{database_url}"
 [keys]
 kek_file = "{data}/kek.key"
+[tokens]
+refresh_ttl = "{refresh_ttl}"
 """
 
 
@@ -97,7 +99,12 @@ def measure(backend: str, workers: int, args: argparse.Namespace) -> dict[str, A
     database_url = f"{POSTGRES}?search_path={schema}" if backend == "postgres" else ""
     address = f"127.0.0.1:{free_port()}"
     config = workdir / "rotor.toml"
-    config.write_text(CONFIG.format(listen=address, data=workdir / "data", database_url=database_url))
+    refresh_ttl = "0s" if args.no_refresh else "24h"
+    config.write_text(
+        CONFIG.format(
+            listen=address, data=workdir / "data", database_url=database_url, refresh_ttl=refresh_ttl
+        )
+    )
     rotor = str(BIN / "rotor")
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -137,6 +144,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="load generator processes")
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument(
+        "--no-refresh", action="store_true", help="Issue without refresh tokens (no store write)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
@@ -149,7 +159,7 @@ def main() -> None:
             rows.append(row)
             if not args.json:
                 print(
-                    f"{backend:<9} workers={workers}  Issue {row['rate']:>8.1f}/s  x{row['ratio_to_1_worker']:<5} "
+                    f"{backend:<9} {'no refresh' if args.no_refresh else 'refresh':<10} workers={workers}  Issue {row['rate']:>8.1f}/s  x{row['ratio_to_1_worker']:<5} "
                     f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  errors {row['errors']}",
                     flush=True,
                 )
