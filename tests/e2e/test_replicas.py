@@ -78,9 +78,10 @@ def start_replicas(tmp_path: pathlib.Path, database_url: str) -> Iterator[Any]:
 class Stream:
     """WatchKeyRotations on one replica, read by a thread into a queue."""
 
-    def __init__(self, replica: RotorProcess) -> None:
+    def __init__(self, replica: RotorProcess, after_sequence: int = 0) -> None:
         self.events: queue.Queue[Any] = queue.Queue()
-        self._call = replica.tokens().WatchKeyRotations(rotor_client.WatchKeyRotationsRequest())
+        request = rotor_client.WatchKeyRotationsRequest(after_sequence=after_sequence)
+        self._call = replica.tokens().WatchKeyRotations(request)
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -135,6 +136,35 @@ def test_a_rotation_on_one_replica_reaches_watchers_on_the_others(start_replicas
     finally:
         for stream in streams:
             stream.cancel()
+
+
+def test_a_watcher_resumes_by_sequence_on_another_replica(start_replicas: Any) -> None:
+    """Events missed while away are replayed by any replica: the log is shared, sequences are global."""
+    first, second, third = start_replicas(3)
+    ops = first.add_client("ops", "--admin")
+    away = Stream(second)
+    _, snapshot = away.until(is_type("SNAPSHOT"))
+    away.cancel()
+    missed = []
+    for _ in range(3):
+        request = rotor_client.RotateKeysRequest(reason="while away", immediate=True)
+        missed.append(first.admin().RotateKeys(request, metadata=basic(ops), timeout=30).key.kid)
+    back = Stream(third, after_sequence=snapshot.sequence)
+    try:
+        published = []
+        while len(published) < len(missed):
+            _, event = back.until(
+                lambda e: e.type != rotor_client.KeyEventType.Value("KEY_EVENT_TYPE_HEARTBEAT")
+            )
+            assert event.type != rotor_client.KeyEventType.Value("KEY_EVENT_TYPE_SNAPSHOT"), (
+                "resumed with a snapshot"
+            )
+            assert event.sequence > snapshot.sequence
+            if is_type("KEY_PUBLISHED")(event):
+                published.append(event.key.kid)
+        assert published == missed
+    finally:
+        back.cancel()
 
 
 def leader_pid(database_url: str) -> int | None:
