@@ -34,7 +34,8 @@ from rotor.core.crypto import AesGcmSealer, load_kek
 from rotor.core.events import EventHub
 from rotor.core.keys import KeyManager, KeyRing
 from rotor.core.lifecycle import KeyPolicy
-from rotor.core.model import Event
+from rotor.core.model import DEFAULT_TENANT, Event
+from rotor.core.propagation import WatcherRegistry
 from rotor.core.rotation import Rotator
 from rotor.core.tokens import TokenPolicy, TokenService
 from rotor.metrics import Metrics
@@ -119,6 +120,7 @@ class RotorServer:
         sealer = AesGcmSealer(kek)
         policy = key_policy(config)
         self.keyring = KeyRing(self.store, sealer)
+        self.watchers = WatcherRegistry()
         self.keys = KeyManager(
             self.store,
             sealer,
@@ -128,6 +130,10 @@ class RotorServer:
             algorithm=config.keys.algorithm,
             rsa_bits=config.keys.rsa_bits,
             require_approval=config.keys.require_approval,
+            tenants=sorted({"", *config.tenants, *await self.store.list_tenants()}),
+            tenant_algorithms={name: t.algorithm for name, t in config.tenants.items() if t.algorithm},
+            ack_gate=self.watchers.unacknowledged if config.keys.activation_requires_ack else None,
+            max_ack_wait=config.keys.max_ack_wait,
         )
         self.tokens = TokenService(
             self.store,
@@ -148,7 +154,13 @@ class RotorServer:
         self.hub: EventHub[bytes] = EventHub(
             self.store, self.encoder.event, poll_interval=poll, on_event=self._on_event
         )
-        self.rotator = Rotator(self.keys, self.store, self.clock, lease_ttl=config.cluster.lease_ttl)
+        self.rotator = Rotator(
+            self.keys,
+            self.store,
+            self.clock,
+            lease_ttl=config.cluster.lease_ttl,
+            event_retention=config.keys.event_retention,
+        )
 
         self.metrics = Metrics()
         self.metrics.watch_keys(
@@ -181,8 +193,11 @@ class RotorServer:
                     WatcherLimits(),
                     self._heartbeat_interval,
                     self.metrics,
+                    self.watchers,
                 ).handler(),
-                KeyAdminServicer(auth, self.keys, self.metrics).handler(),
+                KeyAdminServicer(
+                    auth, self.keys, self.tokens, self.store, self.watchers, self.clock, self.metrics
+                ).handler(),
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -221,7 +236,9 @@ class RotorServer:
 
     def ready(self) -> bool:
         """Whether this server can do its job: not stopping, and every tenant has a key that signs."""
-        return not self._stopping and all(self.keyring.has_active(t) for t in self.keys.tenants)
+        # a tenant that has no key yet (just created, its first key on the way) does not count
+        tenants = (t for t in self.keys.tenants if t == DEFAULT_TENANT or self.keyring.live(t))
+        return not self._stopping and all(self.keyring.has_active(t) for t in tenants)
 
     async def _on_event(self, event: Event) -> None:
         self.metrics.key_events.labels(event.tenant, event.type.value).inc()

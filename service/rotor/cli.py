@@ -84,7 +84,7 @@ async def _print_dev_banner(server: Any, where: str) -> None:
             )
         ).secret
     except ClientExists:
-        secret = await reset_secret(server.store, DEMO_CLIENT)
+        secret = await reset_secret(server.store, server.clock, DEMO_CLIENT)
     basic = base64.b64encode(f"{DEMO_CLIENT}:{secret}".encode()).decode()
     request = json.dumps({"audience": [DEMO_AUDIENCE], "scope": ["demo.read"]})
     print(
@@ -168,6 +168,8 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
             admin=args.admin,
             allow_any_subject=args.allow_any_subject,
             cert_san=args.cert_san,
+            tenant=args.tenant,
+            expires_in=_duration(args.expires, "--expires"),
         )
 
     try:
@@ -209,17 +211,79 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_clients_disable(args: argparse.Namespace) -> int:
+def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
+    from rotor.clock import SystemClock
     from rotor.core.clients import set_disabled
 
     config = load_config(args.config)
-    client = asyncio.run(_with_store(config, lambda store: set_disabled(store, args.name, True)))
-    print(
-        json.dumps({"client_id": client.client_id, "disabled": True})
-        if args.json
-        else f"disabled {client.client_id}"
+    client, families = asyncio.run(
+        _with_store(config, lambda store: set_disabled(store, SystemClock(), args.name, disabled))
     )
+    if args.json:
+        print(json.dumps({"client_id": client.client_id, "disabled": disabled, "families_revoked": families}))
+    elif disabled:
+        print(f"disabled {client.client_id}; revoked {families} refresh families")
+    else:
+        print(f"enabled {client.client_id} (its revoked refresh families stay revoked)")
     return 0
+
+
+def cmd_clients_disable(args: argparse.Namespace) -> int:
+    return _set_disabled(args, True)
+
+
+def cmd_clients_enable(args: argparse.Namespace) -> int:
+    return _set_disabled(args, False)
+
+
+def cmd_clients_rotate_secret(args: argparse.Namespace) -> int:
+    from rotor.clock import SystemClock
+    from rotor.core.clients import rotate_secret
+
+    config = load_config(args.config)
+    overlap, expires = _duration(args.overlap, "--overlap"), _duration(args.expires, "--expires")
+    client, secret = asyncio.run(
+        _with_store(
+            config,
+            lambda store: rotate_secret(
+                store, SystemClock(), args.name, overlap=overlap or 0.0, expires_in=expires
+            ),
+        )
+    )
+    old_until = client.previous_secret_expires_at
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "client_id": client.client_id,
+                    "client_secret": secret,
+                    "previous_secret_valid_until": _iso(old_until) if old_until else None,
+                    "secret_expires_at": _iso(client.secret_expires_at) if client.secret_expires_at else None,
+                }
+            )
+        )
+    else:
+        print(f"client_id:     {client.client_id}")
+        print(f"client_secret: {secret}")
+        print(f"old secret:    {'works until ' + _iso(old_until) if old_until else 'stopped working now'}")
+        if client.secret_expires_at:
+            print(f"expires:       {_iso(client.secret_expires_at)}")
+        print("The secret is shown once: only its hash is stored.")
+    return 0
+
+
+def _duration(text: str | None, option: str) -> float | None:
+    from rotor.config import parse_duration
+
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise CliError(f"{option}: {e}") from None
+    if seconds <= 0:
+        raise CliError(f"{option}: must be positive")
+    return seconds
 
 
 # -- keys (over gRPC) ------------------------------------------------------------
@@ -366,6 +430,102 @@ def _output(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[str]) -
 # -- parser ----------------------------------------------------------------------
 
 
+# -- audit (on the store) ---------------------------------------------------------
+
+
+async def _audit_pages(store: Any, since: float = 0.0) -> Any:
+    after = 0
+    while entries := await store.audit_after(after, since=since, limit=1000):
+        yield entries
+        after = entries[-1].sequence
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from rotor.core.audit import ChainBroken, ChainVerifier
+
+    config = load_config(args.config)
+
+    async def verify(store: Any) -> ChainVerifier:
+        checker = ChainVerifier()
+        async for entries in _audit_pages(store):
+            checker.feed(entries)
+        checker.finish(*await store.audit_head())
+        return checker
+
+    try:
+        checker = asyncio.run(_with_store(config, verify))
+    except ChainBroken as e:
+        print(f"rotor: {e}", file=sys.stderr)
+        return 1
+    print(f"audit log verified: {checker.count} entries, head {checker.last_hash}")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    config = load_config(args.config)
+    since = _instant(args.since) if args.since else 0.0
+
+    async def export(store: Any) -> int:
+        count = 0
+        async for entries in _audit_pages(store, since):
+            for entry in entries:
+                row = asdict(entry)
+                row["occurred_at"] = _iso(entry.occurred_at)
+                print(json.dumps(row, separators=(",", ":")))
+                count += 1
+        return count
+
+    asyncio.run(_with_store(config, export))
+    return 0
+
+
+def _instant(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(
+            f"--since {text[:40]!r} is not an ISO 8601 time such as 2026-01-01T00:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+# -- config ------------------------------------------------------------------------
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from rotor.config import format_duration
+
+    config = load_config(args.file)  # ConfigError: one line per violation, exit 2
+    settings = asdict(config)
+    durations = {
+        "keys": (
+            "rotation_period",
+            "publish_lead",
+            "max_cache_age",
+            "clock_skew",
+            "max_ack_wait",
+            "event_retention",
+        ),
+        "tokens": ("access_ttl", "max_access_ttl", "refresh_ttl", "refresh_family_ttl"),
+        "cluster": ("lease_ttl",),
+    }
+    for table, names in durations.items():
+        for name in names:
+            settings[table][name] = format_duration(settings[table][name])
+    if settings["database_url"]:
+        from rotor.store import describe_store
+
+        settings["database_url"] = describe_store(config.database_url, config.sqlite_path)  # never a password
+    print(json.dumps(settings, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rotor", description="Rotor: a gRPC token service with pushed key rotation."
@@ -393,15 +553,45 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--cert-san", metavar="URI", help="a client certificate with this URI SAN authenticates it (mTLS)"
     )
+    add.add_argument("--tenant", default="", help="its tenant: keys, events and revocations of its own")
+    add.add_argument("--expires", metavar="DURATION", help='the secret stops working after, e.g. "90d"')
     add.set_defaults(func=cmd_clients_add)
     lst = csub.add_parser("list", help="list clients")
     lst.set_defaults(func=cmd_clients_list)
-    dis = csub.add_parser("disable", help="stop a client from authenticating")
+    dis = csub.add_parser(
+        "disable", help="stop a client at once: it cannot authenticate, its grants are revoked"
+    )
     dis.add_argument("name")
     dis.set_defaults(func=cmd_clients_disable)
-    for p in (add, lst, dis):
+    ena = csub.add_parser("enable", help="let a disabled client authenticate again")
+    ena.add_argument("name")
+    ena.set_defaults(func=cmd_clients_enable)
+    rot = csub.add_parser("rotate-secret", help="a new secret; the old one keeps working for --overlap")
+    rot.add_argument("name")
+    rot.add_argument("--overlap", metavar="DURATION", help='how long the old secret still works, e.g. "24h"')
+    rot.add_argument("--expires", metavar="DURATION", help='the new secret stops working after, e.g. "90d"')
+    rot.set_defaults(func=cmd_clients_rotate_secret)
+    for p in (add, lst, dis, ena, rot):
         p.add_argument("--config", help="TOML config file (default: the dev settings, ./data)")
         p.add_argument("--json", action="store_true", help="print JSON")
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit log (works on the store directly)")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = asub.add_parser("verify", help="check the whole hash chain; names the first broken entry")
+    verify.set_defaults(func=cmd_audit_verify)
+    export = asub.add_parser("export", help="write the log as JSON Lines")
+    export.add_argument("--since", metavar="TIME", help="only entries at or after, e.g. 2026-01-01T00:00:00Z")
+    export.set_defaults(func=cmd_audit_export)
+    for p in (verify, export):
+        p.add_argument("--config", help="TOML config file (default: the dev settings, ./data)")
+
+    cfg = sub.add_parser("config", help="check a config file")
+    csub_cfg = cfg.add_subparsers(dest="config_command", required=True)
+    check = csub_cfg.add_parser(
+        "check", help="exit 0 and print the effective settings, or one line per violation"
+    )
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
 
     keys = sub.add_parser("keys", help="manage signing keys (over gRPC, as an admin client)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
@@ -439,8 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _dash_safe(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """Let `rotor keys revoke -AbC...` work: a kid (base64url) may start with '-'.
 
-    argparse would take such a value for an unknown option; put it after '--' instead.
+    argparse would take such a value for an unknown option; put it after '--' instead. Likewise a
+    duration option given a value that starts with '-' (`--expires -1d`) becomes `--expires=-1d`,
+    so the refusal is the option's own one-line error, not a usage dump.
     """
+    argv = _join_dashed_durations(argv)
     if argv[:1] != ["keys"] or len(argv) < 3 or argv[1] not in ("revoke", "approve") or "--" in argv:
         return argv
     sub = _subparser(_subparser(parser, "keys"), argv[1])
@@ -449,6 +642,19 @@ def _dash_safe(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
         if arg.startswith("-") and arg.split("=", 1)[0] not in known and argv[i - 1] not in _valued(sub):
             return [*argv[:i], *argv[i + 1 :], "--", arg]
     return argv
+
+
+DURATION_OPTIONS = ("--expires", "--overlap")
+
+
+def _join_dashed_durations(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in DURATION_OPTIONS and arg.startswith("-") and arg != "--":
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

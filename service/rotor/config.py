@@ -55,6 +55,9 @@ class KeysConfig:
     rsa_bits: int = 3072
     require_approval: bool = False
     kek_file: str = ""
+    activation_requires_ack: bool = False  # a new key signs only once named watchers have it...
+    max_ack_wait: float = 60.0  # ...or this long after it was due
+    event_retention: float = 7 * 86400.0  # how long events stay replayable by after_sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,11 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantConfig:
+    algorithm: str = ""  # "" = [keys] algorithm
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     issuer: str = "https://tokens.internal"
     listen: str = "127.0.0.1:50051"
@@ -92,6 +100,7 @@ class Config:
     tokens: TokensConfig = field(default_factory=TokensConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tenants: dict[str, TenantConfig] = field(default_factory=dict)  # [tenants.NAME]: per-tenant settings
 
     @property
     def sqlite_path(self) -> Path:
@@ -122,6 +131,9 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "rsa_bits": "int",
         "require_approval": "bool",
         "kek_file": "str",
+        "activation_requires_ack": "bool",
+        "max_ack_wait": "duration",
+        "event_retention": "duration",
     },
     "tokens": {
         "access_ttl": "duration",
@@ -132,6 +144,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "tls": {"cert_file": "str", "key_file": "str", "client_ca_file": "str", "require_client_cert": "bool"},
     "cluster": {"lease_ttl": "duration", "pool_size": "int"},
 }
+_TENANT_SCHEMA = {"algorithm": "str"}  # each [tenants.NAME] table
 
 
 def _convert(name: str, kind: str, raw: Any, violations: list[str]) -> Any:
@@ -157,8 +170,11 @@ def config_from_dict(doc: dict[str, Any]) -> Config:
     """A Config from parsed TOML, or ConfigError with every violation."""
     violations: list[str] = []
     values: dict[str, dict[str, Any]] = {table: {} for table in _SCHEMA}
+    tenants: dict[str, TenantConfig] = {}
     for key, raw in doc.items():
-        if key in _SCHEMA and key != "" and isinstance(raw, dict):
+        if key == "tenants":
+            tenants = _tenants(raw, violations)
+        elif key in _SCHEMA and key != "" and isinstance(raw, dict):
             for sub, sub_raw in raw.items():
                 kind = _SCHEMA[key].get(sub)
                 if kind is None:
@@ -176,7 +192,9 @@ def config_from_dict(doc: dict[str, Any]) -> Config:
             if value is not None:
                 values[""][key] = value
         else:
-            violations.append(f"{key}: unknown key (known: {', '.join([*_SCHEMA[''], *list(_SCHEMA)[1:]])})")
+            violations.append(
+                f"{key}: unknown key (known: {', '.join([*_SCHEMA[''], *list(_SCHEMA)[1:], 'tenants'])})"
+            )
     # Keys that failed to parse keep their defaults, so the policy is still checked and
     # every violation is reported at once, not one file edit at a time.
     config = Config(
@@ -185,12 +203,36 @@ def config_from_dict(doc: dict[str, Any]) -> Config:
         tokens=TokensConfig(**values["tokens"]),
         tls=TlsConfig(**values["tls"]),
         cluster=ClusterConfig(**values["cluster"]),
+        tenants=tenants,
     )
     unparsed = {line.split(":", 1)[0] for line in violations}
     violations += [v for v in policy_violations(config) if not any(name in v for name in unparsed)]
     if violations:
         raise ConfigError(violations)
     return config
+
+
+def _tenants(raw: Any, violations: list[str]) -> dict[str, TenantConfig]:
+    """[tenants.NAME] tables: per-tenant settings."""
+    if not isinstance(raw, dict):
+        violations.append("tenants: must be tables, [tenants.NAME] followed by its keys")
+        return {}
+    out = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            violations.append(f"tenants.{name}: must be a table ([tenants.{name}] followed by its keys)")
+            continue
+        values = {}
+        for sub, sub_raw in table.items():
+            kind = _TENANT_SCHEMA.get(sub)
+            if kind is None:
+                violations.append(f"tenants.{name}.{sub}: unknown key (known: {', '.join(_TENANT_SCHEMA)})")
+                continue
+            value = _convert(f"tenants.{name}.{sub}", kind, sub_raw, violations)
+            if value is not None:
+                values[sub] = value
+        out[name] = TenantConfig(**values)
+    return out
 
 
 def policy_violations(config: Config) -> list[str]:
@@ -248,6 +290,21 @@ def policy_violations(config: Config) -> list[str]:
             f"database_url: {config.database_url[:40]!r} is not a postgresql:// URL "
             '(leave it "" for the embedded SQLite store)'
         )
+    if k.event_retention < t.max_access_ttl + k.clock_skew:
+        out.append(
+            f"keys.event_retention ({format_duration(k.event_retention)}) must cover tokens.max_access_ttl + "
+            f"keys.clock_skew ({format_duration(t.max_access_ttl + k.clock_skew)}): a watcher resuming later "
+            "must still get every revocation of a token that could verify"
+        )
+    if k.max_ack_wait < 0:
+        out.append("keys.max_ack_wait: must not be negative")
+    for name, tenant in config.tenants.items():
+        if len(name) > 128 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            out.append(f"tenants.{name[:40]}: a tenant name is 1-128 letters, digits, '.', '-' or '_'")
+        if tenant.algorithm and tenant.algorithm not in ALGORITHMS:
+            out.append(
+                f"tenants.{name}.algorithm: {tenant.algorithm!r} is not allowed; use one of {', '.join(ALGORITHMS)}"
+            )
     if config.log_format not in ("json", "text"):
         out.append(f'log_format: {config.log_format[:20]!r} is neither "json" nor "text"')
     if config.log_level not in ("debug", "info", "warning", "error"):

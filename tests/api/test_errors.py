@@ -117,7 +117,7 @@ def bearer_instead_of_basic(w: World) -> Awaitable[Any]:
 
 @case(UNAUTHENTICATED, "CLIENT_DISABLED")
 async def disabled_client(w: World) -> Any:
-    await set_disabled(w.rotor.server.store, w.other.client_id, True)
+    await set_disabled(w.rotor.server.store, w.rotor.server.clock, w.other.client_id, True)
     return await w.issue(as_=w.other, audience=["api"])
 
 

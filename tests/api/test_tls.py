@@ -129,7 +129,7 @@ async def test_a_disabled_clients_certificate_is_refused(make_rotor: MakeRotor, 
 
     rotor = await make_rotor(tls=pki.tls())
     await rotor.add_client("orders", cert_san=SAN)
-    await set_disabled(rotor.server.store, "orders", True)
+    await set_disabled(rotor.server.store, rotor.server.clock, "orders", True)
     async with pki.channel(rotor, pki.client) as channel:
         with pytest.raises(aio.AioRpcError) as refused:
             await issue(channel)

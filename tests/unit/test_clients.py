@@ -189,10 +189,10 @@ async def test_disabled_client_is_refused_at_once_even_when_its_secret_is_cached
 ) -> None:
     auth = Authenticator(store, clock)
     await auth.authenticate("svc-a", registered.secret)
-    await set_disabled(store, "svc-a", True)
+    await set_disabled(store, clock, "svc-a", True)
     with pytest.raises(ClientDisabled):
         await auth.authenticate("svc-a", registered.secret)
-    await set_disabled(store, "svc-a", False)
+    await set_disabled(store, clock, "svc-a", False)
     assert (await auth.authenticate("svc-a", registered.secret)).disabled is False
 
 
@@ -201,7 +201,7 @@ async def test_reset_secret_stops_the_old_one_at_once(
 ) -> None:
     auth = Authenticator(store, clock)
     await auth.authenticate("svc-a", registered.secret)
-    fresh = await reset_secret(store, "svc-a")
+    fresh = await reset_secret(store, clock, "svc-a")
     with pytest.raises(InvalidClient):
         await auth.authenticate("svc-a", registered.secret)
     assert (await auth.authenticate("svc-a", fresh)).client_id == "svc-a"

@@ -10,10 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 from rotor.api.errors import STATUS_OF
-from rotor.config import _SCHEMA as CONFIG_SCHEMA
+from rotor.config import _SCHEMA, _TENANT_SCHEMA
 from rotor.core import errors
 from rotor_client import errors as client_errors
 from rotor_client.interceptor import rejection
+
+# every (table, key) a config may hold; a [tenants.NAME] table is documented as one table
+CONFIG_SCHEMA = {**_SCHEMA, "tenants.NAME": _TENANT_SCHEMA}
 
 ROOT = Path(__file__).parents[2]
 DOCS = ROOT / "docs"

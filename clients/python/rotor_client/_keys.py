@@ -71,6 +71,7 @@ class KeyCache:
         self.keyset_sequence = 0
         self.revoked_kids: dict[str, float] = {}
         self.revoked_jtis: dict[str, float] = {}
+        self.client_revocations: dict[str, float] = {}  # client_id -> tokens issued before are revoked
         self.loaded = False
         # monotonic deadline after which the keys are not trusted; -inf until the first key set
         self.stale_at = -math.inf
@@ -129,6 +130,12 @@ class KeyCache:
         self._since_prune += 1
         if self._since_prune >= PRUNE_EVERY:
             self.prune()
+
+    def revoke_client(self, client_id: str, not_before: float) -> None:
+        self.client_revocations[client_id] = max(not_before, self.client_revocations.get(client_id, 0.0))
+
+    def replace_client_revocations(self, revocations: Iterable[tuple[str, float]]) -> None:
+        self.client_revocations = dict(revocations)
 
     def replace_revoked_jtis(self, revoked: Iterable[tuple[str, float]]) -> None:
         self.revoked_jtis = dict(revoked)

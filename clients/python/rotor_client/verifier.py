@@ -371,6 +371,12 @@ class Verifier:
             raise TokenRevoked(
                 f"the token {str(jti)[:32]!r} was revoked at Rotor; the caller must obtain a new token"
             )
+        not_before = cache.client_revocations.get(claims["client_id"])
+        if not_before is not None and claims["iat"] < not_before:
+            raise TokenRevoked(
+                f"every token of client {str(claims['client_id'])[:64]!r} issued before {_utc(not_before)} was "
+                "revoked at Rotor; the caller must obtain a new token"
+            )
         if self.required_scopes:
             scope = claims.get("scope", "")
             missing = self.required_scopes.difference(scope.split() if isinstance(scope, str) else ())

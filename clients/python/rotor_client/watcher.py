@@ -251,11 +251,17 @@ class KeySetWatcher:
             return
         if kind == keys_pb2.KEY_EVENT_TYPE_SNAPSHOT:
             cache.replace_revoked_jtis((r.jti, _seconds(r.expires_at)) for r in event.revoked_tokens)
+            cache.replace_client_revocations(
+                (c.client_id, _seconds(c.not_before)) for c in event.client_revocations
+            )
         elif kind == keys_pb2.KEY_EVENT_TYPE_KEY_REVOKED:
             revoked_at = event.key.revoked_at if event.key.HasField("revoked_at") else event.occurred_at
             cache.revoke_key(event.key.kid, _seconds(revoked_at))
         elif kind == keys_pb2.KEY_EVENT_TYPE_TOKEN_REVOKED:
             cache.revoke_jti(event.revoked_token.jti, _seconds(event.revoked_token.expires_at))
+        elif kind == keys_pb2.KEY_EVENT_TYPE_CLIENT_REVOKED:
+            revocation = event.client_revocation
+            cache.revoke_client(revocation.client_id, _seconds(revocation.not_before))
         if event.HasField("keyset") and cache.install(event.keyset):
             self._keyset = event.keyset
             self._ready.set()

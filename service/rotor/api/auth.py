@@ -49,6 +49,16 @@ def basic_credentials(metadata: Iterable[tuple[str, Any]] | None) -> tuple[str, 
     return client_id, secret
 
 
+def basic_credentials_or_none(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The client id claimed in Basic credentials, for the record; None when there is none or it is
+    unreadable. Never the secret."""
+    try:
+        credentials = basic_credentials(metadata)
+    except InvalidClient:
+        return None
+    return credentials[0][:128] if credentials else None
+
+
 class CallerAuth:
     """Turns a call's credentials into the authenticated Client: Basic credentials in the
     metadata, or else (over mTLS) the client certificate gRPC verified."""

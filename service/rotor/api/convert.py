@@ -10,9 +10,18 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from rotor.core import lifecycle
 from rotor.core.errors import InvalidRequest
 from rotor.core.lifecycle import KeyPolicy
-from rotor.core.model import Event, EventType, KeyState, RevokedToken, SigningKey, Snapshot
+from rotor.core.model import (
+    AuditEntry,
+    ClientRevocation,
+    Event,
+    EventType,
+    KeyState,
+    RevokedToken,
+    SigningKey,
+    Snapshot,
+)
 from rotor.core.tokens import IssuedTokens
-from rotor.v1 import keys_pb2, token_service_pb2
+from rotor.v1 import key_admin_pb2, keys_pb2, token_service_pb2
 
 KEY_STATE = {
     KeyState.PENDING: keys_pb2.KEY_STATE_PENDING,
@@ -28,6 +37,7 @@ EVENT_TYPE = {
     EventType.KEY_REVOKED: keys_pb2.KEY_EVENT_TYPE_KEY_REVOKED,
     EventType.KEY_EXPIRED: keys_pb2.KEY_EVENT_TYPE_KEY_EXPIRED,
     EventType.TOKEN_REVOKED: keys_pb2.KEY_EVENT_TYPE_TOKEN_REVOKED,
+    EventType.CLIENT_REVOKED: keys_pb2.KEY_EVENT_TYPE_CLIENT_REVOKED,
 }
 
 MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's own range
@@ -36,6 +46,11 @@ MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's own range
 def timestamp(instant: float) -> timestamp_pb2.Timestamp:
     seconds = int(instant)
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=int((instant - seconds) * 1e9))
+
+
+def seconds_of_timestamp(value: timestamp_pb2.Timestamp) -> float:
+    """A Timestamp as Unix seconds."""
+    return value.seconds + value.nanos / 1e9
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
@@ -104,6 +119,25 @@ def revoked_token(r: RevokedToken) -> keys_pb2.RevokedToken:
     return keys_pb2.RevokedToken(jti=r.jti, expires_at=timestamp(r.expires_at))
 
 
+def client_revocation(c: ClientRevocation) -> keys_pb2.ClientRevocation:
+    return keys_pb2.ClientRevocation(client_id=c.client_id, not_before=timestamp(c.not_before))
+
+
+def audit_event(a: AuditEntry) -> key_admin_pb2.AuditEvent:
+    return key_admin_pb2.AuditEvent(
+        sequence=a.sequence,
+        occurred_at=timestamp(a.occurred_at),
+        actor=a.actor,
+        action=a.action,
+        target=a.target,
+        outcome=a.outcome,
+        tenant=a.tenant,
+        details_json=a.details_json,
+        hash=a.hash,
+        prev_hash=a.prev_hash,
+    )
+
+
 class KeySetEncoder:
     """Builds KeySet and KeyEvent messages with the server's issuer and policy."""
 
@@ -125,6 +159,8 @@ class KeySetEncoder:
             msg.keyset.CopyFrom(self.keyset(event.tenant, event.keyset, event.sequence))
         if event.revoked is not None:
             msg.revoked_token.CopyFrom(revoked_token(event.revoked))
+        if event.client_revocation is not None:
+            msg.client_revocation.CopyFrom(client_revocation(event.client_revocation))
         return msg.SerializeToString()
 
     def snapshot(self, snap: Snapshot, now: float) -> bytes:
@@ -134,6 +170,7 @@ class KeySetEncoder:
             occurred_at=timestamp(now),
             keyset=self.keyset(snap.tenant, snap.keys, snap.sequence),
             revoked_tokens=[revoked_token(r) for r in snap.revoked],
+            client_revocations=[client_revocation(c) for c in snap.client_revocations],
         ).SerializeToString()
 
     def heartbeat(self, sequence: int, now: float) -> bytes:

@@ -42,6 +42,7 @@ STATUS_OF: dict[type[e.RotorError], grpc.StatusCode] = {
     e.TokenNotOwned: grpc.StatusCode.PERMISSION_DENIED,
     e.SelfApproval: grpc.StatusCode.PERMISSION_DENIED,
     e.KeyNotFound: grpc.StatusCode.NOT_FOUND,
+    e.ClientNotFound: grpc.StatusCode.NOT_FOUND,
     e.OperationNotFound: grpc.StatusCode.NOT_FOUND,
     e.TenantNotFound: grpc.StatusCode.NOT_FOUND,
     e.OperationAlreadyApplied: grpc.StatusCode.FAILED_PRECONDITION,

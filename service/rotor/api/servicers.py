@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import grpc
 
 from rotor.api import convert
-from rotor.api.auth import CallerAuth, bound_certificate
+from rotor.api.auth import CallerAuth, basic_credentials_or_none, bound_certificate
 from rotor.api.handlers import Context, service, streaming, unary
 from rotor.clock import Clock
-from rotor.core import validation
-from rotor.core.errors import InvalidRequest, ShuttingDown, TooManyWatchers, WatcherTooSlow
+from rotor.core import audit, validation
+from rotor.core.errors import (
+    AdminRequired,
+    ClientDisabled,
+    InvalidClient,
+    InvalidRequest,
+    ShuttingDown,
+    TooManyWatchers,
+    WatcherTooSlow,
+)
 from rotor.core.events import EventHub
 from rotor.core.keys import KeyManager
-from rotor.core.model import Client
+from rotor.core.model import Client, Event
+from rotor.core.propagation import WatcherRegistry
 from rotor.core.tokens import TokenService
 from rotor.metrics import Metrics
 from rotor.store import Store
@@ -79,6 +88,26 @@ class KeySetCache:
         return encoded
 
 
+WATCHER_NAME_HEADER = "x-rotor-watcher"
+
+
+def _watcher_name(metadata: Any) -> str:
+    """The name a watcher gives itself (x-rotor-watcher); "" when it gives none."""
+    for key, value in metadata or ():
+        if key == WATCHER_NAME_HEADER:
+            if not isinstance(value, str):
+                raise InvalidRequest(
+                    f"{WATCHER_NAME_HEADER} must be text", "INVALID_VALUE", WATCHER_NAME_HEADER
+                )
+            return validation.identifier(value, WATCHER_NAME_HEADER)
+    return ""
+
+
+def _kids(event: Event) -> Iterable[str] | None:
+    """The kids of the key set an event carries (None for one that carries none)."""
+    return (k.kid for k in event.keyset) if event.key is not None else None
+
+
 class TokenServicer:
     """rotor.v1.TokenService."""
 
@@ -94,9 +123,11 @@ class TokenServicer:
         limits: WatcherLimits,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         metrics: Metrics | None = None,
+        watchers: WatcherRegistry | None = None,
     ) -> None:
         self._auth, self._tokens, self._keys, self._store = auth, tokens, keys, store
         self._metrics = metrics
+        self._watchers = watchers or WatcherRegistry()
         self._hub, self._encoder, self._clock, self._limits = hub, encoder, clock, limits
         self._keysets = KeySetCache(store, hub, encoder, clock)
         self._heartbeat = heartbeat_interval
@@ -149,7 +180,11 @@ class TokenServicer:
     ) -> AsyncIterator[bytes]:
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
         client = await self._auth.optional(context)
-        with self._limits.hold(client, context.peer()):
+        name = _watcher_name(context.invocation_metadata())
+        with (
+            self._limits.hold(client, context.peer()),
+            self._watchers.track(name, context.peer(), tenant, self._clock.now()) as seen,
+        ):
             sub = self._hub.subscribe(tenant)  # before reading: nothing committed from now on is missed
             try:
                 await context.send_initial_metadata(())  # the watcher knows it is connected before any event
@@ -157,8 +192,10 @@ class TokenServicer:
                 if await self._can_resume(tenant, last):
                     while events := await self._store.events_after(last, tenant):
                         for stored in events:
-                            yield self._encoder.event(stored.decode())
+                            event = stored.decode()
+                            yield self._encoder.event(event)
                             last = stored.sequence
+                            self._watchers.sent(seen, last, _kids(event))
                 else:
                     # a revoked token stays listed while a verifier allowing clock skew could still accept it
                     snap = await self._store.snapshot(
@@ -166,6 +203,7 @@ class TokenServicer:
                     )
                     yield self._encoder.snapshot(snap, self._clock.now())
                     last = snap.sequence
+                    self._watchers.sent(seen, last, (k.kid for k in snap.keys))
                 while True:
                     delivery = await sub.next(self._heartbeat)
                     if delivery is not None:
@@ -175,6 +213,7 @@ class TokenServicer:
                                 self._metrics.delivery_lag.observe(max(lag, 0.0))
                             yield delivery.encoded
                             last = delivery.event.sequence
+                            self._watchers.sent(seen, last, _kids(delivery.event))
                     elif sub.closed == "shutdown":
                         raise ShuttingDown(
                             f"the server is shutting down; reconnect with after_sequence={last}"
@@ -211,24 +250,54 @@ class TokenServicer:
 class KeyAdminServicer:
     """rotor.v1.KeyAdmin: admin clients only."""
 
-    def __init__(self, auth: CallerAuth, keys: KeyManager, metrics: Metrics | None = None) -> None:
-        self._auth, self._keys, self._metrics = auth, keys, metrics
+    def __init__(
+        self,
+        auth: CallerAuth,
+        keys: KeyManager,
+        tokens: TokenService,
+        store: Store,
+        watchers: WatcherRegistry,
+        clock: Clock,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._auth, self._keys, self._tokens, self._store = auth, keys, tokens, store
+        self._watchers, self._clock, self._metrics = watchers, clock, metrics
+
+    async def _admin(self, context: Context, rpc: str) -> Client:
+        """The calling admin; a refused attempt is written to the audit log, then refused."""
+        try:
+            return await self._auth.require_admin(context)
+        except (InvalidClient, ClientDisabled, AdminRequired) as refused:
+            claimed = basic_credentials_or_none(context.invocation_metadata())
+            async with self._store.transaction() as tx:
+                await tx.append_audit(
+                    self._clock.now(),
+                    claimed or "anonymous",
+                    "admin.denied",
+                    rpc,
+                    "denied",
+                    "",
+                    audit.details(reason=refused.error_reason, peer=context.peer()),
+                )
+            raise
 
     @unary
     async def rotate_keys(
         self, request: key_admin_pb2.RotateKeysRequest, context: Context
     ) -> key_admin_pb2.RotateKeysResponse:
-        admin = await self._auth.require_admin(context)
+        admin = await self._admin(context, "RotateKeys")
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
         reason = validation.reason(request.reason) or f"requested by {admin.client_id}"
-        key = await self._keys.rotate(tenant, immediate=request.immediate, reason=reason)
+        key = await self._keys.rotate(
+            tenant, immediate=request.immediate, reason=reason, actor=admin.client_id
+        )
         return key_admin_pb2.RotateKeysResponse(key=convert.key(key))
 
     @unary
     async def revoke_key(
         self, request: key_admin_pb2.RevokeKeyRequest, context: Context
     ) -> key_admin_pb2.RevokeKeyResponse:
-        admin = await self._auth.require_admin(context)
+        admin = await self._admin(context, "RevokeKey")
         kid = _required(validation.identifier(request.kid, "kid"), "kid")
         revocation = await self._keys.revoke(
             kid, reason=validation.reason(request.reason), actor=admin.client_id
@@ -243,7 +312,7 @@ class KeyAdminServicer:
     async def approve_operation(
         self, request: key_admin_pb2.ApproveOperationRequest, context: Context
     ) -> key_admin_pb2.ApproveOperationResponse:
-        admin = await self._auth.require_admin(context)
+        admin = await self._admin(context, "ApproveOperation")
         operation_id = _required(validation.identifier(request.operation_id, "operation_id"), "operation_id")
         key = await self._keys.approve(operation_id, actor=admin.client_id)
         return key_admin_pb2.ApproveOperationResponse(key=convert.key(key))
@@ -252,7 +321,7 @@ class KeyAdminServicer:
     async def list_keys(
         self, request: key_admin_pb2.ListKeysRequest, context: Context
     ) -> key_admin_pb2.ListKeysResponse:
-        await self._auth.require_admin(context)
+        await self._admin(context, "ListKeys")
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
         keys = await self._keys.list_keys(tenant, include_expired=request.include_expired)
         return key_admin_pb2.ListKeysResponse(keys=[convert.key(k) for k in keys])
@@ -265,10 +334,78 @@ class KeyAdminServicer:
                 "RevokeKey": (self.revoke_key, key_admin_pb2.RevokeKeyRequest),
                 "ApproveOperation": (self.approve_operation, key_admin_pb2.ApproveOperationRequest),
                 "ListKeys": (self.list_keys, key_admin_pb2.ListKeysRequest),
+                "ListAuditEvents": (self.list_audit_events, key_admin_pb2.ListAuditEventsRequest),
+                "RevokeClientTokens": (self.revoke_client_tokens, key_admin_pb2.RevokeClientTokensRequest),
+                "GetRotationStatus": (self.get_rotation_status, key_admin_pb2.GetRotationStatusRequest),
             },
             {},
             self._metrics,
         )
+
+    @unary
+    async def list_audit_events(
+        self, request: key_admin_pb2.ListAuditEventsRequest, context: Context
+    ) -> key_admin_pb2.ListAuditEventsResponse:
+        await self._admin(context, "ListAuditEvents")
+        tenant = validation.identifier(request.tenant, "tenant")
+        size = request.page_size or DEFAULT_AUDIT_PAGE
+        if not 0 < size <= MAX_AUDIT_PAGE:
+            raise InvalidRequest(f"page_size must be 1..{MAX_AUDIT_PAGE}", "INVALID_VALUE", "page_size")
+        after = _page_token(request.page_token)
+        since = convert.seconds_of_timestamp(request.since) if request.HasField("since") else 0.0
+        entries = await self._store.audit_after(after, since=since, tenant=tenant or None, limit=size + 1)
+        page = entries[:size]
+        more = len(entries) > size
+        return key_admin_pb2.ListAuditEventsResponse(
+            events=[convert.audit_event(a) for a in page],
+            next_page_token=str(page[-1].sequence) if more and page else "",
+        )
+
+    @unary
+    async def revoke_client_tokens(
+        self, request: key_admin_pb2.RevokeClientTokensRequest, context: Context
+    ) -> key_admin_pb2.RevokeClientTokensResponse:
+        admin = await self._admin(context, "RevokeClientTokens")
+        client_id = _required(validation.identifier(request.client_id, "client_id"), "client_id")
+        families, not_before = await self._tokens.revoke_client(admin, client_id, request.reason)
+        return key_admin_pb2.RevokeClientTokensResponse(
+            families_revoked=families, not_before=convert.timestamp(not_before)
+        )
+
+    @unary
+    async def get_rotation_status(
+        self, request: key_admin_pb2.GetRotationStatusRequest, context: Context
+    ) -> key_admin_pb2.GetRotationStatusResponse:
+        await self._admin(context, "GetRotationStatus")
+        tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
+        return key_admin_pb2.GetRotationStatusResponse(
+            latest_sequence=await self._store.last_sequence(tenant),
+            watchers=[
+                key_admin_pb2.WatcherStatus(
+                    name=w.name,
+                    peer=w.peer,
+                    sent_sequence=w.sent_sequence,
+                    connected_at=convert.timestamp(w.connected_at),
+                )
+                for w in self._watchers.named(tenant)
+            ],
+        )
+
+
+DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE = 100, 1000
+
+
+def _page_token(token: str) -> int:
+    """The sequence a page token continues after (tokens are what next_page_token gave)."""
+    if not token:
+        return 0
+    if not token.isdigit() or len(token) > 20:
+        raise InvalidRequest(
+            "page_token is not one this server gave: pass next_page_token unchanged",
+            "INVALID_VALUE",
+            "page_token",
+        )
+    return int(token)
 
 
 def _required(value: str, field: str) -> str:

@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from rotor.clock import Clock
-from rotor.core import validation
+from rotor.core import audit, validation
 from rotor.core.errors import ClientDisabled, InvalidClient, InvalidRequest, TooManyRequests, quote
 from rotor.core.model import DEFAULT_TENANT, Client
-from rotor.store import AlreadyExists, Store
+from rotor.store import AlreadyExists, Store, Tx
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 CACHE_TTL = 300.0  # how long a secret that matched its stored hash skips the slow check
@@ -77,6 +77,8 @@ async def register_client(
     allow_any_subject: bool = False,
     tenant: str = DEFAULT_TENANT,
     cert_san: str | None = None,
+    expires_in: float | None = None,
+    actor: str = audit.CLI,
 ) -> Registration:
     """Register a client with a fresh secret; ClientExists if the id (or the certificate SAN) is taken.
 
@@ -88,6 +90,7 @@ async def register_client(
             "INVALID_CLIENT_ID",
             "client_id",
         )
+    tenant = validation.identifier(tenant, "tenant")
     secret = new_secret()
     client = Client(
         client_id=client_id,
@@ -99,39 +102,110 @@ async def register_client(
         allow_any_subject=allow_any_subject,
         created_at=clock.now(),
         cert_san=_cert_san(cert_san) if cert_san is not None else None,
+        secret_expires_at=clock.now() + expires_in if expires_in is not None else None,
     )
     try:
         async with store.transaction() as tx:
             await tx.insert_client(client)
+            await tx.append_audit(
+                client.created_at,
+                actor,
+                "client.created",
+                client_id,
+                "success",
+                tenant,
+                audit.details(
+                    scopes=list(client.scopes),
+                    audiences=list(client.audiences),
+                    admin=client.admin or None,
+                    cert_san=client.cert_san,
+                    secret_expires_at=client.secret_expires_at,
+                ),
+            )
     except AlreadyExists:
         taken = f" or the certificate SAN {cert_san!r}" if cert_san else ""
         raise ClientExists(f"a client named {client_id!r}{taken} exists already") from None
     return Registration(client, secret)
 
 
-async def reset_secret(store: Store, client_id: str) -> str:
-    """Give an existing client a fresh secret (the old one stops working); returns it."""
+async def rotate_secret(
+    store: Store,
+    clock: Clock,
+    client_id: str,
+    *,
+    overlap: float = 0.0,
+    expires_in: float | None = None,
+    actor: str = audit.CLI,
+) -> tuple[Client, str]:
+    """Give a client a fresh secret; the old one keeps working for `overlap` seconds. Returns the
+    client and the new secret (shown once: only its hash is stored)."""
     secret = new_secret()
     hashed = await asyncio.to_thread(hash_secret, secret)
     async with store.transaction() as tx:
-        client = await tx.get_client(client_id)
-        if client is None:
-            raise InvalidClient(f"no client named {client_id!r}")
-        await tx.update_client(replace(client, secret_hash=hashed))
+        now = clock.now()
+        client = await _existing(tx, client_id)
+        # the old secret works on for the overlap, but never past its own expiry (nor comes back from it)
+        old_until = now + overlap
+        if client.secret_expires_at is not None:
+            old_until = min(old_until, client.secret_expires_at)
+        keep_old = overlap > 0 and old_until > now
+        client = replace(
+            client,
+            secret_hash=hashed,
+            secret_expires_at=now + expires_in if expires_in is not None else None,
+            previous_secret_hash=client.secret_hash if keep_old else None,
+            previous_secret_expires_at=old_until if keep_old else None,
+        )
+        await tx.update_client(client)
+        await tx.append_audit(
+            now,
+            actor,
+            "client.secret_rotated",
+            client_id,
+            "success",
+            client.tenant,
+            audit.details(overlap_seconds=overlap or None, secret_expires_at=client.secret_expires_at),
+        )
+    return client, secret
+
+
+async def reset_secret(store: Store, clock: Clock, client_id: str) -> str:
+    """Give an existing client a fresh secret at once (the old one stops working); returns it."""
+    _, secret = await rotate_secret(store, clock, client_id)
     return secret
 
 
-async def set_disabled(store: Store, client_id: str, disabled: bool) -> Client:
+async def set_disabled(
+    store: Store, clock: Clock, client_id: str, disabled: bool, *, actor: str = audit.CLI
+) -> tuple[Client, int]:
+    """Disable a client (it stops authenticating, and its refresh families are revoked at once) or
+    enable it again (old families stay dead). Returns the client and the families revoked."""
     async with store.transaction() as tx:
-        client = await tx.get_client(client_id)
-        if client is None:
-            raise InvalidClient(f"no client named {client_id!r}")
-        client = replace(client, disabled=disabled)
+        now = clock.now()
+        client = replace(await _existing(tx, client_id), disabled=disabled)
         await tx.update_client(client)
+        families = await tx.revoke_client_families(client_id, now, "client disabled") if disabled else 0
+        await tx.append_audit(
+            now,
+            actor,
+            "client.disabled" if disabled else "client.enabled",
+            client_id,
+            "success",
+            client.tenant,
+            audit.details(families_revoked=families or None),
+        )
+    return client, families
+
+
+async def _existing(tx: Tx, client_id: str) -> Client:
+    client = await tx.get_client(client_id)
+    if client is None:
+        raise InvalidClient(f"no client named {client_id!r}")
     return client
 
 
 MAX_CERT_SAN = 2048  # characters of a URI SAN
+_WRONG = "unknown client id or wrong secret: send `authorization: Basic base64(client_id:client_secret)`"
 
 
 def _cert_san(uri: str) -> str:
@@ -170,14 +244,32 @@ class Authenticator:
         self._inflight: dict[tuple[str, str, bytes], asyncio.Future[bool]] = {}
 
     async def authenticate(self, client_id: str, secret: str) -> Client:
-        """The client these credentials belong to; InvalidClient or ClientDisabled otherwise."""
+        """The client these credentials belong to; InvalidClient or ClientDisabled otherwise.
+
+        During a secret rotation's overlap the previous secret works too; a secret past its
+        expiry (--expires) does not.
+        """
         client = await self._store.get_client(client_id) if len(client_id) <= validation.MAX_NAME else None
-        if client is None or not await self._secret_matches(client, secret):
-            raise InvalidClient(
-                "unknown client id or wrong secret: send `authorization: Basic base64(client_id:client_secret)`"
-            )
+        if client is None:
+            raise InvalidClient(_WRONG)
+        now = self._clock.now()
+        if await self._secret_matches(client, client.secret_hash, secret):
+            if client.secret_expires_at is not None and now >= client.secret_expires_at:
+                raise InvalidClient(
+                    f"the secret of client {client_id!r} expired; an operator rotates it with "
+                    "`rotor clients rotate-secret`"
+                )
+        elif not (
+            client.previous_secret_hash is not None
+            and client.previous_secret_expires_at is not None
+            and now < client.previous_secret_expires_at
+            and await self._secret_matches(client, client.previous_secret_hash, secret)
+        ):
+            raise InvalidClient(_WRONG)
         if client.disabled:
-            raise ClientDisabled(f"client {client_id!r} is disabled; an operator can enable it again")
+            raise ClientDisabled(
+                f"client {client_id!r} is disabled; an operator can enable it again (rotor clients enable)"
+            )
         return client
 
     async def client_for_certificate(self, uris: tuple[str, ...]) -> Client | None:
@@ -193,9 +285,9 @@ class Authenticator:
                 return client
         return None
 
-    async def _secret_matches(self, client: Client, secret: str) -> bool:
+    async def _secret_matches(self, client: Client, stored_hash: str, secret: str) -> bool:
         digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
-        key = (client.client_id, client.secret_hash)
+        key = (client.client_id, stored_hash)
         now = self._clock.now()
         hit = self._verified.get(key)
         if hit is not None and now - hit.verified_at < self._ttl and hmac.compare_digest(hit.digest, digest):
@@ -206,7 +298,7 @@ class Authenticator:
             if len(self._inflight) >= MAX_PENDING_CHECKS:
                 raise TooManyRequests("too many client authentications are being checked; retry with backoff")
             loop = asyncio.get_running_loop()
-            pending = loop.run_in_executor(_HASHING, verify_secret, client.secret_hash, secret)
+            pending = loop.run_in_executor(_HASHING, verify_secret, stored_hash, secret)
             self._inflight[flight] = pending
             pending.add_done_callback(lambda _: self._inflight.pop(flight, None))
         if not await asyncio.shield(pending):

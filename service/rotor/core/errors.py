@@ -167,6 +167,12 @@ class OperationNotFound(RotorError):
     reason = "OPERATION_NOT_FOUND"
 
 
+class ClientNotFound(RotorError):
+    """Raised when an admin names a client that is not registered."""
+
+    reason = "CLIENT_NOT_FOUND"
+
+
 class TenantNotFound(RotorError):
     """Raised when a tenant does not exist."""
 

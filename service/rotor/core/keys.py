@@ -14,12 +14,12 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from rotor.clock import Clock
-from rotor.core import lifecycle
+from rotor.core import audit, lifecycle
 from rotor.core.crypto import (
     Sealer,
     Signer,
@@ -138,6 +138,9 @@ class _NeedSpareKey(Exception):
     """Internal: a transaction found it must install a new key it did not prepare."""
 
 
+ACK_POLL = 0.2  # seconds between looks at a held-back activation's acknowledgements
+
+
 class KeyManager:
     """Every change to signing keys, each with its events in one transaction."""
 
@@ -153,7 +156,12 @@ class KeyManager:
         rsa_bits: int = 3072,
         require_approval: bool = False,
         tenants: Sequence[str] = (DEFAULT_TENANT,),
+        tenant_algorithms: Mapping[str, str] | None = None,
+        ack_gate: Callable[[str, str], list[str]] | None = None,
+        max_ack_wait: float = 0.0,
     ) -> None:
+        """`ack_gate(tenant, kid)` names the watchers that have not yet been sent a pending key;
+        with it, a key activates once none is left, or `max_ack_wait` after it was due."""
         self._store = store
         self._sealer = sealer
         self.keyring = keyring
@@ -163,27 +171,48 @@ class KeyManager:
         self._rsa_bits = rsa_bits
         self.require_approval = require_approval
         self.tenants = tuple(tenants)
+        self._tenant_algorithms = dict(tenant_algorithms or {})
+        self._ack_gate = ack_gate
+        self._max_ack_wait = max_ack_wait
+        self._notes: dict[str, str] = {}  # kid -> how its activation was acknowledged, for the audit log
         self.changed = asyncio.Event()  # set after every change; the rotator wakes on it
 
     def check_tenant(self, tenant: str) -> str:
         if tenant not in self.tenants:
-            raise TenantNotFound(f'no tenant named {tenant!r}; use "" for the default tenant')
+            raise TenantNotFound(
+                f'no tenant named {tenant[:64]!r}; use "" for the default tenant (a tenant exists once a '
+                "client is registered in it: rotor clients add NAME --tenant T)"
+            )
         return tenant
+
+    async def discover_tenants(self) -> tuple[str, ...]:
+        """Every tenant in the store (a client registered with --tenant creates one); the new ones
+        are returned, and the rotator gives them their first key."""
+        known = set(self.tenants)
+        found = await self._store.list_tenants()
+        new = tuple(t for t in found if t not in known)
+        if new:
+            self.tenants = tuple(sorted(known | set(new)))
+        return new
+
+    def algorithm(self, tenant: str) -> str:
+        return self._tenant_algorithms.get(tenant, self._algorithm)
 
     # -- key material -----------------------------------------------------
 
     async def _prepare_key(self, tenant: str) -> SigningKey:
         """A new key, probed and sealed; its state and timeline are set when it is installed."""
         loop = asyncio.get_running_loop()
-        private = await loop.run_in_executor(_KEYGEN, generate_private_key, self._algorithm, self._rsa_bits)
-        jwk = public_jwk(private, self._algorithm)
+        algorithm = self.algorithm(tenant)
+        private = await loop.run_in_executor(_KEYGEN, generate_private_key, algorithm, self._rsa_bits)
+        jwk = public_jwk(private, algorithm)
         kid = jwk["kid"]
-        probe(Signer.for_key(kid, self._algorithm, private), jwk)
+        probe(Signer.for_key(kid, algorithm, private), jwk)
         sealed = self._sealer.seal(private_to_bytes(private), kid.encode())
         return SigningKey(
             kid=kid,
             tenant=tenant,
-            alg=self._algorithm,
+            alg=algorithm,
             state=KeyState.PENDING,
             public_jwk=json.dumps(jwk, separators=(",", ":")),
             sealed_private=sealed,
@@ -204,17 +233,34 @@ class KeyManager:
         )
 
     async def _append(
-        self, tx: Tx, tenant: str, now: float, changes: list[tuple[EventType, SigningKey]]
+        self,
+        tx: Tx,
+        tenant: str,
+        now: float,
+        changes: list[tuple[EventType, SigningKey]],
+        actor: str = audit.SYSTEM,
+        reason: str = "",
     ) -> tuple[tuple[SigningKey, ...], int]:
-        """Append one event per change, each carrying the key set as of the transaction's end.
-
-        Returns that key set and the last sequence written.
+        """Append one event per change, each carrying the key set as of the transaction's end, then
+        one audit entry per change. Returns that key set and the last sequence written.
         """
         keyset = tuple(await tx.list_keys(tenant, LIVE_STATES))
         sequence = 0
         for type_, key in changes:
             sequence = await tx.append_event(
                 tenant, type_.value, now, Event.encode_payload(key, keyset, None)
+            )
+        for type_, key in changes:  # after the events: one lock order for every writer
+            await tx.append_audit(
+                now,
+                actor,
+                "key." + type_.value.removeprefix("KEY_").lower(),
+                key.kid,
+                "success",
+                tenant,
+                audit.details(
+                    reason=reason, alg=key.alg, state=key.state.value, activates_at=key.activates_at
+                ),
             )
         return keyset, sequence
 
@@ -255,7 +301,10 @@ class KeyManager:
                 ", ".join(f"{t.value} {k.kid}" for t, k in changes),
             )
             self._after_change(tenant, keyset, sequence)
-        return lifecycle.next_change_at(keyset, self.policy)
+        next_at = lifecycle.next_change_at(keyset, self.policy)
+        if next_at is not None and next_at <= now:  # due but held back (an activation awaiting acks)
+            next_at = now + ACK_POLL
+        return next_at
 
     async def _apply(
         self,
@@ -290,7 +339,23 @@ class KeyManager:
                 await tx.insert_key(key)
                 return [(EventType.KEY_PUBLISHED, key)]
             case Step.ACTIVATE:
-                return await self._activate(tx, by_kid[transition.kid], active, now)
+                pending = by_kid[transition.kid]
+                if not self._acknowledged(pending, now):
+                    return []  # the next tick looks again
+                return await self._activate(tx, pending, active, now)
+
+    def _acknowledged(self, pending: SigningKey, now: float) -> bool:
+        """Whether a due key may activate: every named watcher has it, or max_ack_wait ran out."""
+        if self._ack_gate is None:
+            return True
+        waiting = self._ack_gate(pending.tenant, pending.kid)
+        if not waiting:
+            self._notes[pending.kid] = "every connected named watcher had been sent it"
+            return True
+        if now >= pending.activates_at + self._max_ack_wait:
+            self._notes[pending.kid] = f"max_ack_wait ran out; not yet sent to: {', '.join(waiting)[:500]}"
+            return True
+        return False
 
     async def _activate(
         self, tx: Tx, pending: SigningKey, active: SigningKey | None, now: float
@@ -311,7 +376,9 @@ class KeyManager:
 
     # -- admin operations ----------------------------------------------------
 
-    async def rotate(self, tenant: str, *, immediate: bool, reason: str) -> SigningKey:
+    async def rotate(
+        self, tenant: str, *, immediate: bool, reason: str, actor: str = audit.SYSTEM
+    ) -> SigningKey:
         """Publish a new key: it signs after publish_lead, or at once when `immediate`.
 
         A non-immediate rotation while a key is already pending returns that key.
@@ -348,7 +415,7 @@ class KeyManager:
                 if active is not None:
                     changes.append((EventType.KEY_RETIRED, retired))
                 changes += [(EventType.KEY_EXPIRED, k) for k in superseded]
-            keyset, sequence = await self._append(tx, tenant, now, changes)
+            keyset, sequence = await self._append(tx, tenant, now, changes, actor, reason)
         log.info(
             "rotated keys of tenant %r (immediate=%s): new key %s; reason: %s",
             tenant,
@@ -369,7 +436,7 @@ class KeyManager:
         if key.state is KeyState.REVOKED:
             return Revocation(key)
         if not self.require_approval:
-            return Revocation(await self._revoke_now(kid, reason))
+            return Revocation(await self._revoke_now(kid, reason, actor))
         now = self._clock.now()
         operation = Operation(
             operation_id=secrets.token_hex(16),  # hex: never mistaken for a CLI option
@@ -383,6 +450,15 @@ class KeyManager:
         )
         async with self._store.transaction() as tx:
             await tx.insert_operation(operation)
+            await tx.append_audit(
+                now,
+                actor,
+                "approval.requested",
+                kid,
+                "success",
+                key.tenant,
+                audit.details(operation_id=operation.operation_id, operation="revoke_key", reason=reason),
+            )
         log.info(
             "revocation of key %s requested by %s awaits approval (operation %s)",
             kid,
@@ -395,7 +471,9 @@ class KeyManager:
         """Carry out an operation another admin asked for."""
         async with self._store.transaction() as tx:
             operation = self._check_approvable(await tx.get_operation(operation_id), operation_id, actor)
-        return await self._revoke_now(operation.target, operation.reason, approval=(operation_id, actor))
+        return await self._revoke_now(
+            operation.target, operation.reason, actor, approval=(operation_id, actor)
+        )
 
     def _check_approvable(self, operation: Operation | None, operation_id: str, actor: str) -> Operation:
         if operation is None:
@@ -412,16 +490,18 @@ class KeyManager:
             )
         return operation
 
-    async def _revoke_now(self, kid: str, reason: str, approval: tuple[str, str] | None = None) -> SigningKey:
+    async def _revoke_now(
+        self, kid: str, reason: str, actor: str, approval: tuple[str, str] | None = None
+    ) -> SigningKey:
         spare: SigningKey | None = None
         while True:
             try:
-                return await self._revoke_once(kid, reason, approval, spare)
+                return await self._revoke_once(kid, reason, actor, approval, spare)
             except _NeedSpareKey as need:
                 spare = await self._prepare_key(str(need))
 
     async def _revoke_once(
-        self, kid: str, reason: str, approval: tuple[str, str] | None, spare: SigningKey | None
+        self, kid: str, reason: str, actor: str, approval: tuple[str, str] | None, spare: SigningKey | None
     ) -> SigningKey:
         async with self._store.transaction() as tx:
             now = self._clock.now()
@@ -467,7 +547,17 @@ class KeyManager:
                     fresh = self._install(spare, KeyState.ACTIVE, now, now)
                     await tx.insert_key(fresh)
                     changes += [(EventType.KEY_PUBLISHED, fresh), (EventType.KEY_ACTIVATED, fresh)]
-            keyset, sequence = await self._append(tx, key.tenant, now, changes)
+            keyset, sequence = await self._append(tx, key.tenant, now, changes, actor, reason)
+            if approval is not None:
+                await tx.append_audit(
+                    now,
+                    actor,
+                    "approval.given",
+                    kid,
+                    "success",
+                    key.tenant,
+                    audit.details(operation_id=approval[0], requested_by=operation.requested_by),
+                )
         log.warning("revoked key %s of tenant %r: %s", kid, key.tenant, reason)
         self._after_change(key.tenant, keyset, sequence)
         return revoked

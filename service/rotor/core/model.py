@@ -103,6 +103,9 @@ class Client:
     disabled: bool = False
     created_at: float = 0.0
     cert_san: str | None = None  # a client certificate's URI SAN that authenticates it (mTLS)
+    secret_expires_at: float | None = None  # the secret stops working then (--expires)
+    previous_secret_hash: str | None = None  # the secret before rotate-secret, during its overlap
+    previous_secret_expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +188,7 @@ class EventType(enum.Enum):
     KEY_REVOKED = "KEY_REVOKED"
     KEY_EXPIRED = "KEY_EXPIRED"
     TOKEN_REVOKED = "TOKEN_REVOKED"
+    CLIENT_REVOKED = "CLIENT_REVOKED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +206,22 @@ class Event:
     key: SigningKey | None = None
     keyset: tuple[SigningKey, ...] = ()
     revoked: RevokedToken | None = None
+    client_revocation: ClientRevocation | None = None
 
     @staticmethod
     def encode_payload(
-        key: SigningKey | None, keyset: tuple[SigningKey, ...], revoked: RevokedToken | None
+        key: SigningKey | None,
+        keyset: tuple[SigningKey, ...],
+        revoked: RevokedToken | None,
+        client_revocation: ClientRevocation | None = None,
     ) -> str:
         doc: dict[str, Any] = {}
+        if client_revocation is not None:
+            doc["client_revocation"] = {
+                "client_id": client_revocation.client_id,
+                "not_before": client_revocation.not_before,
+                "expires_at": client_revocation.expires_at,
+            }
         if key is not None:
             doc["key"] = key.public_dict()
             doc["keyset"] = [k.public_dict() for k in keyset]
@@ -237,7 +251,11 @@ class Event:
                 revoked_at=r["revoked_at"],
                 reason=r["reason"],
             )
-        return cls(sequence, tenant, EventType(type_), occurred_at, key, keyset, revoked)
+        client_revocation = None
+        if "client_revocation" in doc:
+            c = doc["client_revocation"]
+            client_revocation = ClientRevocation(c["client_id"], tenant, c["not_before"], c["expires_at"])
+        return cls(sequence, tenant, EventType(type_), occurred_at, key, keyset, revoked, client_revocation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +273,32 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One entry of the audit log (see rotor.core.audit)."""
+
+    sequence: int
+    occurred_at: float
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    tenant: str
+    details_json: str
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRevocation:
+    """Every access token of a client issued before `not_before` is revoked (RevokeClientTokens)."""
+
+    client_id: str
+    tenant: str
+    not_before: float
+    expires_at: float  # when the last token it covers expires (kept clock_skew longer, like RevokedToken)
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """A tenant's state at one instant: what a new watcher starts from."""
 
@@ -262,3 +306,4 @@ class Snapshot:
     sequence: int
     keys: tuple[SigningKey, ...]
     revoked: tuple[RevokedToken, ...]
+    client_revocations: tuple[ClientRevocation, ...] = ()

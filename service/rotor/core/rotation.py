@@ -63,6 +63,9 @@ class Rotator:
     async def tick(self) -> float | None:
         """Apply what is due in every tenant, if this process holds the lease; returns when the next
         transition falls due (None when nothing is scheduled here)."""
+        new = await self._keys.discover_tenants()  # every process: GetKeySet and watchers need them
+        if new:
+            log.info("new tenants: %s", ", ".join(repr(t) for t in new))
         lease = await self._renew_lease()
         if lease is None:
             return None

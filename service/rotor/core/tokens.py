@@ -16,11 +16,12 @@ import secrets
 from dataclasses import dataclass
 
 from rotor.clock import Clock
-from rotor.core import validation
+from rotor.core import audit, validation
 from rotor.core.crypto import decode_unverified, verify_signature
 from rotor.core.errors import (
     AudienceNotAllowed,
     AudienceRequired,
+    ClientNotFound,
     InvalidRequest,
     RefreshTokenExpired,
     RefreshTokenInvalid,
@@ -34,7 +35,16 @@ from rotor.core.errors import (
     quote,
 )
 from rotor.core.keys import KeyRing
-from rotor.core.model import Client, Event, EventType, KeyState, RefreshFamily, RefreshToken, RevokedToken
+from rotor.core.model import (
+    Client,
+    ClientRevocation,
+    Event,
+    EventType,
+    KeyState,
+    RefreshFamily,
+    RefreshToken,
+    RevokedToken,
+)
 from rotor.store import Store
 
 log = logging.getLogger("rotor.tokens")
@@ -231,11 +241,31 @@ class TokenService:
                 await tx.revoke_family(
                     family.family_id, now, f"refresh token presented by {client.client_id}"
                 )
+                await tx.append_audit(
+                    now,
+                    client.client_id,
+                    "refresh.stolen_token_detected",
+                    family.family_id,
+                    "success",
+                    family.tenant,
+                    audit.details(
+                        owner=family.client_id, presented_by=client.client_id, effect="family revoked"
+                    ),
+                )
                 failure = RefreshTokenWrongClient(
                     "this refresh token was issued to another client; its grant is now revoked"
                 )
             elif token.used_at is not None or not await tx.mark_refresh_token_used(token_hash, now):
                 await tx.revoke_family(family.family_id, now, "refresh token reused")
+                await tx.append_audit(
+                    now,
+                    client.client_id,
+                    "refresh.reuse_detected",
+                    family.family_id,
+                    "success",
+                    family.tenant,
+                    audit.details(client_id=client.client_id, effect="family revoked"),
+                )
                 failure = RefreshTokenReused(
                     "this refresh token was already used, so it may have been stolen: its whole grant is now "
                     "revoked; Issue a new grant"
@@ -281,6 +311,46 @@ class TokenService:
         self._check_scopes(client, granted)
         return granted
 
+    # -- RevokeClientTokens ------------------------------------------------------
+
+    async def revoke_client(self, admin: Client, client_id: str, reason: str) -> tuple[int, float]:
+        """End every refresh family of a client and revoke its access tokens issued before now, at
+        every verifier (a CLIENT_REVOKED event). Returns the families revoked and `not_before`.
+
+        `not_before` is the next whole second: tokens carry whole-second `iat`, so a token issued
+        in the same second, before or after, is refused too (never one issued before let through).
+        The revocation is kept until the last token it covers has expired (readers add clock skew).
+        """
+        client_id = validation.identifier(client_id, "client_id")
+        reason = validation.reason(reason)
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            target = await tx.get_client(client_id) if client_id else None
+            if target is None:
+                raise ClientNotFound(f"no client named {quote(client_id)}; rotor clients list shows them")
+            families = await tx.revoke_client_families(client_id, now, reason or "RevokeClientTokens")
+            not_before = float(math.floor(now) + 1)
+            revocation = ClientRevocation(
+                client_id,
+                target.tenant,
+                not_before,
+                not_before + self.policy.max_access_ttl,
+            )
+            await tx.put_client_revocation(revocation)
+            payload = Event.encode_payload(None, (), None, revocation)
+            await tx.append_event(target.tenant, EventType.CLIENT_REVOKED.value, now, payload)
+            await tx.append_audit(
+                now,
+                admin.client_id,
+                "client.tokens_revoked",
+                client_id,
+                "success",
+                target.tenant,
+                audit.details(reason=reason, families_revoked=families, not_before=not_before),
+            )
+        log.warning("revoked every token of client %s (%d refresh families): %s", client_id, families, reason)
+        return families, not_before
+
     # -- Revoke ----------------------------------------------------------------
 
     async def revoke(self, client: Client, *, token: str, reason: str) -> bool:
@@ -320,6 +390,15 @@ class TokenService:
             if await tx.insert_revoked_token(revoked):
                 payload = Event.encode_payload(None, (), revoked)
                 await tx.append_event(key.tenant, EventType.TOKEN_REVOKED.value, now, payload)
+                await tx.append_audit(
+                    now,
+                    client.client_id,
+                    "token.revoked",
+                    jti,
+                    "success",
+                    key.tenant,
+                    audit.details(client_id=revoked.client_id, reason=reason, expires_at=revoked.expires_at),
+                )
         return True
 
     async def _revoke_refresh_token(self, client: Client, token: str, reason: str) -> bool:
@@ -338,4 +417,13 @@ class TokenService:
             if now >= family.expires_at or (row.used_at is None and now >= row.expires_at):
                 return False
             await tx.revoke_family(family.family_id, now, reason or "revoked")
+            await tx.append_audit(
+                now,
+                client.client_id,
+                "family.revoked",
+                family.family_id,
+                "success",
+                family.tenant,
+                audit.details(client_id=family.client_id, reason=reason),
+            )
         return True

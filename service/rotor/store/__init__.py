@@ -39,7 +39,9 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from rotor.core.model import (
+    AuditEntry,
     Client,
+    ClientRevocation,
     KeyState,
     Operation,
     RefreshFamily,
@@ -124,6 +126,29 @@ class Tx(Protocol):
         """Append an event; returns its sequence."""
         ...
 
+    # governance
+    async def append_audit(
+        self,
+        occurred_at: float,
+        actor: str,
+        action: str,
+        target: str,
+        outcome: str,
+        tenant: str,
+        details_json: str,
+    ) -> AuditEntry:
+        """Append to the audit chain (numbered and hashed here); appenders never interleave.
+        Append events before audit entries in a transaction (one lock order for every writer)."""
+        ...
+
+    async def revoke_client_families(self, client_id: str, at: float, reason: str) -> int:
+        """Revoke every live refresh family of the client; how many."""
+        ...
+
+    async def put_client_revocation(self, revocation: ClientRevocation) -> None:
+        """Record (or move forward) a client-wide revocation."""
+        ...
+
     # coordination between processes
     async def lock_keys(self, tenant: str) -> None:
         """Hold the tenant's key-change lock until this transaction ends (a no-op where
@@ -184,6 +209,16 @@ class Store(Protocol):
         self, after: int, tenant: str | None = None, limit: int = 500
     ) -> list[StoredEvent]:
         """Events with sequence > `after`, oldest first, at most `limit`."""
+        ...
+
+    async def audit_head(self) -> tuple[int, str]:
+        """The audit chain's last sequence and hash (0 and the genesis hash when empty)."""
+        ...
+
+    async def audit_after(
+        self, after: int, *, since: float = 0.0, tenant: str | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
+        """Audit entries with sequence > `after` that occurred at or after `since`, oldest first."""
         ...
 
     async def pruned_through(self) -> int:

@@ -5,7 +5,9 @@ What only one dialect says stays in its backend: SQLite's rowid events and
 """
 
 from rotor.store.rows import (
+    AUDIT_COLUMNS,
     CLIENT_COLUMNS,
+    CLIENT_REVOCATION_COLUMNS,
     EVENT_COLUMNS,
     FAMILY_COLUMNS,
     KEY_COLUMNS,
@@ -61,6 +63,34 @@ LIVE_REVOCATIONS = (
     f"SELECT {REVOKED_COLUMNS} FROM revoked_tokens WHERE tenant = $1 AND expires_at > $2 ORDER BY revoked_at"
 )
 
+# client-wide revocations (RevokeClientTokens)
+REVOKE_CLIENT_FAMILIES = (  # live families only: an ended one is not counted as revoked
+    "UPDATE refresh_families SET revoked_at = $1, revoke_reason = $2 "
+    "WHERE client_id = $3 AND revoked_at IS NULL AND expires_at > $1"
+)
+UPSERT_CLIENT_REVOCATION = (
+    _insert("client_revocations", CLIENT_REVOCATION_COLUMNS)
+    + " ON CONFLICT (client_id) DO UPDATE SET tenant = excluded.tenant, not_before = excluded.not_before,"
+    " expires_at = excluded.expires_at"
+)
+LIVE_CLIENT_REVOCATIONS = (
+    f"SELECT {CLIENT_REVOCATION_COLUMNS} FROM client_revocations WHERE tenant = $1 AND expires_at > $2 "
+    "ORDER BY client_id"
+)
+
+# the audit log
+AUDIT_HEAD = "SELECT sequence, hash FROM audit_head WHERE id = 1"
+ADVANCE_AUDIT_HEAD = "UPDATE audit_head SET sequence = $1, hash = $2 WHERE id = 1"
+INSERT_AUDIT = _insert("audit_events", AUDIT_COLUMNS)
+AUDIT_AFTER = (
+    f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE sequence > $1 AND occurred_at >= $2 "
+    "ORDER BY sequence LIMIT $3"
+)
+AUDIT_OF_TENANT_AFTER = (
+    f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE sequence > $1 AND occurred_at >= $2 AND tenant = $3 "
+    "ORDER BY sequence LIMIT $4"
+)
+
 # two-admin operations
 GET_OPERATION = f"SELECT {OPERATION_COLUMNS} FROM operations WHERE operation_id = $1"
 INSERT_OPERATION = _insert("operations", OPERATION_COLUMNS)
@@ -101,6 +131,7 @@ RELEASE_LEASE = "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $
 OPERATION_RETENTION = 30 * 86400.0
 PRUNE_EXPIRED = (
     "DELETE FROM revoked_tokens WHERE expires_at <= $1",
+    "DELETE FROM client_revocations WHERE expires_at <= $1",
     # a used token stays as long as its family, so replaying it is still detected as reuse
     "DELETE FROM refresh_tokens WHERE expires_at <= $1 AND used_at IS NULL",
     "DELETE FROM refresh_families WHERE expires_at <= $1 "

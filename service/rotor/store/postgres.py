@@ -36,6 +36,7 @@ import asyncpg
 
 from rotor.core.model import (
     LIVE_STATES,
+    AuditEntry,
     Client,
     KeyState,
     Operation,
@@ -47,6 +48,7 @@ from rotor.core.model import (
     StoredEvent,
 )
 from rotor.store import AlreadyExists, Unavailable, _sql, rows
+from rotor.store._governance import GovernanceTx
 
 log = logging.getLogger("rotor.store.postgres")
 
@@ -176,8 +178,10 @@ class _Reads:
         return int(row[0])
 
 
-class _PostgresTx(_Reads):
+class _PostgresTx(_Reads, GovernanceTx):
     """A transaction on one pooled connection (see rotor.store.Tx)."""
+
+    LOCK_HEAD = " FOR UPDATE"  # audit appenders queue on the head row until commit
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         super().__init__(conn)
@@ -443,8 +447,15 @@ class PostgresStore:
                 reads = _Reads(conn)  # one snapshot for the three reads
                 keys = await reads.list_keys(tenant, LIVE_STATES)
                 revocations = await reads._all(_sql.LIVE_REVOCATIONS, (tenant, now))
+                clients = await reads._all(_sql.LIVE_CLIENT_REVOCATIONS, (tenant, now))
                 sequence = await reads.last_sequence(tenant)
-        return Snapshot(tenant, sequence, tuple(keys), tuple(rows.revoked(r) for r in revocations))
+        return Snapshot(
+            tenant,
+            sequence,
+            tuple(keys),
+            tuple(rows.revoked(r) for r in revocations),
+            tuple(rows.client_revocation(r) for r in clients),
+        )
 
     async def last_sequence(self, tenant: str | None = None) -> int:
         return await self._pooled().last_sequence(tenant)
@@ -457,6 +468,19 @@ class PostgresStore:
         else:
             found = await self._pooled()._all(_sql.EVENTS_OF_TENANT_AFTER, (tenant, after, limit))
         return [rows.event(r) for r in found]
+
+    async def audit_head(self) -> tuple[int, str]:
+        row = await self._pooled()._one(_sql.AUDIT_HEAD)
+        return int(row[0]), str(row[1])
+
+    async def audit_after(
+        self, after: int, *, since: float = 0.0, tenant: str | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
+        if tenant is None:
+            found = await self._pooled()._all(_sql.AUDIT_AFTER, (after, since, limit))
+        else:
+            found = await self._pooled()._all(_sql.AUDIT_OF_TENANT_AFTER, (after, since, tenant, limit))
+        return [rows.audit(r) for r in found]
 
     async def pruned_through(self) -> int:
         row = await self._pooled()._one(_sql.PRUNED_THROUGH)

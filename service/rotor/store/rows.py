@@ -14,7 +14,9 @@ from dataclasses import astuple
 from typing import Any
 
 from rotor.core.model import (
+    AuditEntry,
     Client,
+    ClientRevocation,
     KeyState,
     Operation,
     OperationState,
@@ -29,7 +31,12 @@ KEY_COLUMNS = (
     "kid, tenant, alg, state, public_jwk, sealed_private, created_at, activates_at, retires_at, "
     "expires_at, revoked_at, revocation_reason"
 )
-CLIENT_COLUMNS = "client_id, tenant, secret_hash, scopes, audiences, admin, allow_any_subject, disabled, created_at, cert_san"
+CLIENT_COLUMNS = (
+    "client_id, tenant, secret_hash, scopes, audiences, admin, allow_any_subject, disabled, created_at, cert_san, "
+    "secret_expires_at, previous_secret_hash, previous_secret_expires_at"
+)
+AUDIT_COLUMNS = "sequence, occurred_at, actor, action, target, outcome, tenant, details_json, prev_hash, hash"
+CLIENT_REVOCATION_COLUMNS = "client_id, tenant, not_before, expires_at"
 FAMILY_COLUMNS = "family_id, client_id, tenant, subject, scopes, audiences, created_at, expires_at, revoked_at, revoke_reason"
 TOKEN_COLUMNS = "token_hash, family_id, client_id, issued_at, expires_at, used_at"
 REVOKED_COLUMNS = "jti, tenant, client_id, expires_at, revoked_at, reason"
@@ -66,6 +73,9 @@ def client(row: Iterable[Any]) -> Client:
         bool(r[7]),
         r[8],
         r[9],
+        r[10],
+        r[11],
+        r[12],
     )
 
 
@@ -87,6 +97,15 @@ def revoked(row: Iterable[Any]) -> RevokedToken:
 def operation(row: Iterable[Any]) -> Operation:
     r = tuple(row)
     return Operation(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], OperationState(r[8]), r[9], r[10])
+
+
+def audit(row: Iterable[Any]) -> AuditEntry:
+    r = tuple(row)
+    return AuditEntry(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+
+
+def client_revocation(row: Iterable[Any]) -> ClientRevocation:
+    return ClientRevocation(*tuple(row))
 
 
 def event(row: Iterable[Any]) -> StoredEvent:
@@ -114,6 +133,9 @@ def client_values(c: Client) -> tuple[Any, ...]:
         c.disabled,
         c.created_at,
         c.cert_san,
+        c.secret_expires_at,
+        c.previous_secret_hash,
+        c.previous_secret_expires_at,
     )
 
 
@@ -128,6 +150,14 @@ def token_values(t: RefreshToken) -> tuple[Any, ...]:
 
 def revoked_values(r: RevokedToken) -> tuple[Any, ...]:
     return astuple(r)
+
+
+def audit_values(a: AuditEntry) -> tuple[Any, ...]:
+    return astuple(a)
+
+
+def client_revocation_values(c: ClientRevocation) -> tuple[Any, ...]:
+    return astuple(c)
 
 
 def operation_values(o: Operation) -> tuple[Any, ...]:

@@ -19,6 +19,7 @@ from typing import Any
 import aiosqlite
 
 from rotor.core.model import (
+    AuditEntry,
     Client,
     KeyState,
     Operation,
@@ -30,6 +31,7 @@ from rotor.core.model import (
     StoredEvent,
 )
 from rotor.store import AlreadyExists, Unavailable, _sql, rows
+from rotor.store._governance import GovernanceTx
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -101,7 +103,7 @@ class _Reads:
         return int(row[0])
 
 
-class _SqliteTx(_Reads):
+class _SqliteTx(_Reads, GovernanceTx):
     """A transaction on the writer connection (see rotor.store.Tx)."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -327,12 +329,19 @@ class SqliteStore:
                         tenant, (KeyState.PENDING, KeyState.ACTIVE, KeyState.RETIRED)
                     )
                     revocations = await self._reads._all(_sql.LIVE_REVOCATIONS, (tenant, now))
+                    clients = await self._reads._all(_sql.LIVE_CLIENT_REVOCATIONS, (tenant, now))
                     sequence = await self._reads.last_sequence(tenant)
                 finally:
                     await asyncio.shield(self._end_read())
             except (sqlite3.Error, Unavailable) as e:
                 raise Unavailable(f"the SQLite store could not be read: {e}") from e
-        return Snapshot(tenant, sequence, tuple(keys), tuple(rows.revoked(r) for r in revocations))
+        return Snapshot(
+            tenant,
+            sequence,
+            tuple(keys),
+            tuple(rows.revoked(r) for r in revocations),
+            tuple(rows.client_revocation(r) for r in clients),
+        )
 
     async def _end_read(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # none open: BEGIN never ran
@@ -355,6 +364,21 @@ class SqliteStore:
         else:
             found = await self._read(self._reads._all, _sql.EVENTS_OF_TENANT_AFTER, (tenant, after, limit))
         return [rows.event(r) for r in found]
+
+    async def audit_head(self) -> tuple[int, str]:
+        row = await self._read(self._reads._one, _sql.AUDIT_HEAD)
+        return int(row[0]), str(row[1])
+
+    async def audit_after(
+        self, after: int, *, since: float = 0.0, tenant: str | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
+        if tenant is None:
+            found = await self._read(self._reads._all, _sql.AUDIT_AFTER, (after, since, limit))
+        else:
+            found = await self._read(
+                self._reads._all, _sql.AUDIT_OF_TENANT_AFTER, (after, since, tenant, limit)
+            )
+        return [rows.audit(r) for r in found]
 
     async def pruned_through(self) -> int:
         row = await self._read(self._reads._one, _sql.PRUNED_THROUGH)

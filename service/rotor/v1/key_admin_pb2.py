@@ -22,32 +22,49 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from rotor.v1 import keys_pb2 as rotor_dot_v1_dot_keys__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rotor/v1/key_admin.proto\x12\x08rotor.v1\x1a\x13rotor/v1/keys.proto\"F\n\x11RotateKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\timmediate\x18\x03 \x01(\x08\"0\n\x12RotateKeysResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\"/\n\x10RevokeKeyRequest\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"_\n\x11RevokeKeyResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x18\n\x10pending_approval\x18\x03 \x01(\x08\"/\n\x17\x41pproveOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\"6\n\x18\x41pproveOperationResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\":\n\x0fListKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0finclude_expired\x18\x02 \x01(\x08\"/\n\x10ListKeysResponse\x12\x1b\n\x04keys\x18\x01 \x03(\x0b\x32\r.rotor.v1.Key2\xb7\x02\n\x08KeyAdmin\x12G\n\nRotateKeys\x12\x1b.rotor.v1.RotateKeysRequest\x1a\x1c.rotor.v1.RotateKeysResponse\x12\x44\n\tRevokeKey\x12\x1a.rotor.v1.RevokeKeyRequest\x1a\x1b.rotor.v1.RevokeKeyResponse\x12Y\n\x10\x41pproveOperation\x12!.rotor.v1.ApproveOperationRequest\x1a\".rotor.v1.ApproveOperationResponse\x12\x41\n\x08ListKeys\x12\x19.rotor.v1.ListKeysRequest\x1a\x1a.rotor.v1.ListKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rotor/v1/key_admin.proto\x12\x08rotor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13rotor/v1/keys.proto\"F\n\x11RotateKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\timmediate\x18\x03 \x01(\x08\"0\n\x12RotateKeysResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\"/\n\x10RevokeKeyRequest\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"_\n\x11RevokeKeyResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x18\n\x10pending_approval\x18\x03 \x01(\x08\"/\n\x17\x41pproveOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\"6\n\x18\x41pproveOperationResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\":\n\x0fListKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0finclude_expired\x18\x02 \x01(\x08\"/\n\x10ListKeysResponse\x12\x1b\n\x04keys\x18\x01 \x03(\x0b\x32\r.rotor.v1.Key\"z\n\x16ListAuditEventsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd6\x01\n\nAuditEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x08 \x01(\t\x12\x0c\n\x04hash\x18\t \x01(\t\x12\x11\n\tprev_hash\x18\n \x01(\t\"X\n\x17ListAuditEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.rotor.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x19RevokeClientTokensRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"f\n\x1aRevokeClientTokensResponse\x12\x18\n\x10\x66\x61milies_revoked\x18\x01 \x01(\x05\x12.\n\nnot_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x18GetRotationStatusRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"t\n\rWatcherStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x15\n\rsent_sequence\x18\x03 \x01(\x04\x12\x30\n\x0c\x63onnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x19GetRotationStatusResponse\x12\x17\n\x0flatest_sequence\x18\x01 \x01(\x04\x12)\n\x08watchers\x18\x02 \x03(\x0b\x32\x17.rotor.v1.WatcherStatus2\xce\x04\n\x08KeyAdmin\x12G\n\nRotateKeys\x12\x1b.rotor.v1.RotateKeysRequest\x1a\x1c.rotor.v1.RotateKeysResponse\x12\x44\n\tRevokeKey\x12\x1a.rotor.v1.RevokeKeyRequest\x1a\x1b.rotor.v1.RevokeKeyResponse\x12Y\n\x10\x41pproveOperation\x12!.rotor.v1.ApproveOperationRequest\x1a\".rotor.v1.ApproveOperationResponse\x12\x41\n\x08ListKeys\x12\x19.rotor.v1.ListKeysRequest\x1a\x1a.rotor.v1.ListKeysResponse\x12V\n\x0fListAuditEvents\x12 .rotor.v1.ListAuditEventsRequest\x1a!.rotor.v1.ListAuditEventsResponse\x12_\n\x12RevokeClientTokens\x12#.rotor.v1.RevokeClientTokensRequest\x1a$.rotor.v1.RevokeClientTokensResponse\x12\\\n\x11GetRotationStatus\x12\".rotor.v1.GetRotationStatusRequest\x1a#.rotor.v1.GetRotationStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rotor.v1.key_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROTATEKEYSREQUEST']._serialized_start=59
-  _globals['_ROTATEKEYSREQUEST']._serialized_end=129
-  _globals['_ROTATEKEYSRESPONSE']._serialized_start=131
-  _globals['_ROTATEKEYSRESPONSE']._serialized_end=179
-  _globals['_REVOKEKEYREQUEST']._serialized_start=181
-  _globals['_REVOKEKEYREQUEST']._serialized_end=228
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=230
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=325
-  _globals['_APPROVEOPERATIONREQUEST']._serialized_start=327
-  _globals['_APPROVEOPERATIONREQUEST']._serialized_end=374
-  _globals['_APPROVEOPERATIONRESPONSE']._serialized_start=376
-  _globals['_APPROVEOPERATIONRESPONSE']._serialized_end=430
-  _globals['_LISTKEYSREQUEST']._serialized_start=432
-  _globals['_LISTKEYSREQUEST']._serialized_end=490
-  _globals['_LISTKEYSRESPONSE']._serialized_start=492
-  _globals['_LISTKEYSRESPONSE']._serialized_end=539
-  _globals['_KEYADMIN']._serialized_start=542
-  _globals['_KEYADMIN']._serialized_end=853
+  _globals['_ROTATEKEYSREQUEST']._serialized_start=92
+  _globals['_ROTATEKEYSREQUEST']._serialized_end=162
+  _globals['_ROTATEKEYSRESPONSE']._serialized_start=164
+  _globals['_ROTATEKEYSRESPONSE']._serialized_end=212
+  _globals['_REVOKEKEYREQUEST']._serialized_start=214
+  _globals['_REVOKEKEYREQUEST']._serialized_end=261
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=263
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=358
+  _globals['_APPROVEOPERATIONREQUEST']._serialized_start=360
+  _globals['_APPROVEOPERATIONREQUEST']._serialized_end=407
+  _globals['_APPROVEOPERATIONRESPONSE']._serialized_start=409
+  _globals['_APPROVEOPERATIONRESPONSE']._serialized_end=463
+  _globals['_LISTKEYSREQUEST']._serialized_start=465
+  _globals['_LISTKEYSREQUEST']._serialized_end=523
+  _globals['_LISTKEYSRESPONSE']._serialized_start=525
+  _globals['_LISTKEYSRESPONSE']._serialized_end=572
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=574
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=696
+  _globals['_AUDITEVENT']._serialized_start=699
+  _globals['_AUDITEVENT']._serialized_end=913
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=915
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1003
+  _globals['_REVOKECLIENTTOKENSREQUEST']._serialized_start=1005
+  _globals['_REVOKECLIENTTOKENSREQUEST']._serialized_end=1067
+  _globals['_REVOKECLIENTTOKENSRESPONSE']._serialized_start=1069
+  _globals['_REVOKECLIENTTOKENSRESPONSE']._serialized_end=1171
+  _globals['_GETROTATIONSTATUSREQUEST']._serialized_start=1173
+  _globals['_GETROTATIONSTATUSREQUEST']._serialized_end=1215
+  _globals['_WATCHERSTATUS']._serialized_start=1217
+  _globals['_WATCHERSTATUS']._serialized_end=1333
+  _globals['_GETROTATIONSTATUSRESPONSE']._serialized_start=1335
+  _globals['_GETROTATIONSTATUSRESPONSE']._serialized_end=1430
+  _globals['_KEYADMIN']._serialized_start=1433
+  _globals['_KEYADMIN']._serialized_end=2023
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from rotor.v1 import keys_pb2 as _keys_pb2
 import builtins as _builtins
@@ -228,3 +229,269 @@ class ListKeysResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListKeysResponse: _TypeAlias = ListKeysResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsRequest(_message.Message):
+    """ListAuditEventsRequest selects audit events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Tenant; empty is every tenant."""
+    page_size: _builtins.int
+    """At most this many events (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only events that occurred at or after this moment."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "since", b"since", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsRequest: _TypeAlias = ListAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class AuditEvent(_message.Message):
+    """AuditEvent is one entry of the audit log. Entries form a hash chain: each
+    `hash` is the SHA-256 of the entry with the previous entry's hash.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    PREV_HASH_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Position in the log, from 1, without gaps."""
+    actor: _builtins.str
+    """Who did it: an admin client's id, "rotor" for the schedule, "cli" for the command line."""
+    action: _builtins.str
+    """What happened, e.g. key.revoked, client.disabled, refresh.reuse_detected."""
+    target: _builtins.str
+    """What it happened to: a kid, a client id, a family id, a jti."""
+    outcome: _builtins.str
+    """"success", or "denied"/"failed" with the reason in details."""
+    tenant: _builtins.str
+    """The tenant it concerns."""
+    details_json: _builtins.str
+    """Details as a JSON object."""
+    hash: _builtins.str
+    """Hex SHA-256 of this entry, chained to the previous one."""
+    prev_hash: _builtins.str
+    """The previous entry's hash (64 zeros for the first)."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        target: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        details_json: _builtins.str = ...,
+        hash: _builtins.str = ...,
+        prev_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "details_json", b"details_json", "hash", b"hash", "occurred_at", b"occurred_at", "outcome", b"outcome", "prev_hash", b"prev_hash", "sequence", b"sequence", "target", b"target", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsResponse(_message.Message):
+    """ListAuditEventsResponse is one page of audit events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]:
+        """The events, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___AuditEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class RevokeClientTokensRequest(_message.Message):
+    """RevokeClientTokensRequest names the client whose tokens to revoke."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """The client."""
+    reason: _builtins.str
+    """Why, for the audit log."""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeClientTokensRequest: _TypeAlias = RevokeClientTokensRequest  # noqa: Y015
+
+@_typing.final
+class RevokeClientTokensResponse(_message.Message):
+    """RevokeClientTokensResponse says what was revoked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAMILIES_REVOKED_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    families_revoked: _builtins.int
+    """Refresh families ended."""
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Access tokens issued to the client before this moment are refused by verifiers."""
+
+    def __init__(
+        self,
+        *,
+        families_revoked: _builtins.int = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_before", b"not_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["families_revoked", b"families_revoked", "not_before", b"not_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeClientTokensResponse: _TypeAlias = RevokeClientTokensResponse  # noqa: Y015
+
+@_typing.final
+class GetRotationStatusRequest(_message.Message):
+    """GetRotationStatusRequest selects a tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Tenant; empty is the default tenant."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRotationStatusRequest: _TypeAlias = GetRotationStatusRequest  # noqa: Y015
+
+@_typing.final
+class WatcherStatus(_message.Message):
+    """WatcherStatus is one connected watcher that named itself (metadata x-rotor-watcher)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    SENT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CONNECTED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name it gave."""
+    peer: _builtins.str
+    """Its address."""
+    sent_sequence: _builtins.int
+    """The newest event sequence sent to it."""
+    @_builtins.property
+    def connected_at(self) -> _timestamp_pb2.Timestamp:
+        """When its stream opened."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        sent_sequence: _builtins.int = ...,
+        connected_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connected_at", b"connected_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_at", b"connected_at", "name", b"name", "peer", b"peer", "sent_sequence", b"sent_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatcherStatus: _TypeAlias = WatcherStatus  # noqa: Y015
+
+@_typing.final
+class GetRotationStatusResponse(_message.Message):
+    """GetRotationStatusResponse shows how far key changes have reached."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LATEST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    WATCHERS_FIELD_NUMBER: _builtins.int
+    latest_sequence: _builtins.int
+    """The tenant's newest event sequence."""
+    @_builtins.property
+    def watchers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatcherStatus]:
+        """Named watchers connected to this server process."""
+
+    def __init__(
+        self,
+        *,
+        latest_sequence: _builtins.int = ...,
+        watchers: _abc.Iterable[Global___WatcherStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest_sequence", b"latest_sequence", "watchers", b"watchers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRotationStatusResponse: _TypeAlias = GetRotationStatusResponse  # noqa: Y015

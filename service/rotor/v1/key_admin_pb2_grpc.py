@@ -55,6 +55,21 @@ class KeyAdminStub:
                 request_serializer=rotor_dot_v1_dot_key__admin__pb2.ListKeysRequest.SerializeToString,
                 response_deserializer=rotor_dot_v1_dot_key__admin__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/rotor.v1.KeyAdmin/ListAuditEvents',
+                request_serializer=rotor_dot_v1_dot_key__admin__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_key__admin__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
+        self.RevokeClientTokens = channel.unary_unary(
+                '/rotor.v1.KeyAdmin/RevokeClientTokens',
+                request_serializer=rotor_dot_v1_dot_key__admin__pb2.RevokeClientTokensRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_key__admin__pb2.RevokeClientTokensResponse.FromString,
+                _registered_method=True)
+        self.GetRotationStatus = channel.unary_unary(
+                '/rotor.v1.KeyAdmin/GetRotationStatus',
+                request_serializer=rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusResponse.FromString,
+                _registered_method=True)
 
 
 class KeyAdminServicer:
@@ -90,6 +105,28 @@ class KeyAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """ListAuditEvents pages through the tamper-evident audit log, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeClientTokens(self, request, context):
+        """RevokeClientTokens ends every refresh family of a client and revokes its
+        access tokens issued before now, at every verifier.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRotationStatus(self, request, context):
+        """GetRotationStatus says which watchers are connected and how far each got.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +149,21 @@ def add_KeyAdminServicer_to_server(servicer, server):
                     servicer.ListKeys,
                     request_deserializer=rotor_dot_v1_dot_key__admin__pb2.ListKeysRequest.FromString,
                     response_serializer=rotor_dot_v1_dot_key__admin__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=rotor_dot_v1_dot_key__admin__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_key__admin__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'RevokeClientTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeClientTokens,
+                    request_deserializer=rotor_dot_v1_dot_key__admin__pb2.RevokeClientTokensRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_key__admin__pb2.RevokeClientTokensResponse.SerializeToString,
+            ),
+            'GetRotationStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRotationStatus,
+                    request_deserializer=rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +275,87 @@ class KeyAdmin:
             '/rotor.v1.KeyAdmin/ListKeys',
             rotor_dot_v1_dot_key__admin__pb2.ListKeysRequest.SerializeToString,
             rotor_dot_v1_dot_key__admin__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.KeyAdmin/ListAuditEvents',
+            rotor_dot_v1_dot_key__admin__pb2.ListAuditEventsRequest.SerializeToString,
+            rotor_dot_v1_dot_key__admin__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeClientTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.KeyAdmin/RevokeClientTokens',
+            rotor_dot_v1_dot_key__admin__pb2.RevokeClientTokensRequest.SerializeToString,
+            rotor_dot_v1_dot_key__admin__pb2.RevokeClientTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRotationStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.KeyAdmin/GetRotationStatus',
+            rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusRequest.SerializeToString,
+            rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,14 @@ class KeyAdminStub:
     """ApproveOperation carries out an operation another admin asked for."""
     ListKeys: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.ListKeysRequest, _key_admin_pb2.ListKeysResponse]
     """ListKeys lists a tenant's keys, with their whole timeline."""
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.ListAuditEventsRequest, _key_admin_pb2.ListAuditEventsResponse]
+    """ListAuditEvents pages through the tamper-evident audit log, oldest first."""
+    RevokeClientTokens: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.RevokeClientTokensRequest, _key_admin_pb2.RevokeClientTokensResponse]
+    """RevokeClientTokens ends every refresh family of a client and revokes its
+    access tokens issued before now, at every verifier.
+    """
+    GetRotationStatus: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.GetRotationStatusRequest, _key_admin_pb2.GetRotationStatusResponse]
+    """GetRotationStatus says which watchers are connected and how far each got."""
 
 @_typing.type_check_only
 class KeyAdminAsyncStub(KeyAdminStub):
@@ -59,6 +67,14 @@ class KeyAdminAsyncStub(KeyAdminStub):
     """ApproveOperation carries out an operation another admin asked for."""
     ListKeys: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.ListKeysRequest, _key_admin_pb2.ListKeysResponse]  # type: ignore[assignment]
     """ListKeys lists a tenant's keys, with their whole timeline."""
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.ListAuditEventsRequest, _key_admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """ListAuditEvents pages through the tamper-evident audit log, oldest first."""
+    RevokeClientTokens: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.RevokeClientTokensRequest, _key_admin_pb2.RevokeClientTokensResponse]  # type: ignore[assignment]
+    """RevokeClientTokens ends every refresh family of a client and revokes its
+    access tokens issued before now, at every verifier.
+    """
+    GetRotationStatus: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.GetRotationStatusRequest, _key_admin_pb2.GetRotationStatusResponse]  # type: ignore[assignment]
+    """GetRotationStatus says which watchers are connected and how far each got."""
 
 class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
     """KeyAdmin manages signing keys. Admin clients only; others get PERMISSION_DENIED."""
@@ -96,5 +112,31 @@ class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_key_admin_pb2.ListKeysResponse, _abc.Awaitable[_key_admin_pb2.ListKeysResponse]]:
         """ListKeys lists a tenant's keys, with their whole timeline."""
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _key_admin_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.ListAuditEventsResponse, _abc.Awaitable[_key_admin_pb2.ListAuditEventsResponse]]:
+        """ListAuditEvents pages through the tamper-evident audit log, oldest first."""
+
+    @_abc_1.abstractmethod
+    def RevokeClientTokens(
+        self,
+        request: _key_admin_pb2.RevokeClientTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.RevokeClientTokensResponse, _abc.Awaitable[_key_admin_pb2.RevokeClientTokensResponse]]:
+        """RevokeClientTokens ends every refresh family of a client and revokes its
+        access tokens issued before now, at every verifier.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRotationStatus(
+        self,
+        request: _key_admin_pb2.GetRotationStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.GetRotationStatusResponse, _abc.Awaitable[_key_admin_pb2.GetRotationStatusResponse]]:
+        """GetRotationStatus says which watchers are connected and how far each got."""
 
 def add_KeyAdminServicer_to_server(servicer: KeyAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

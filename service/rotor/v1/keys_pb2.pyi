@@ -83,6 +83,8 @@ class _KeyEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyEvent
     """An access token was revoked before its expiry."""
     KEY_EVENT_TYPE_HEARTBEAT: _KeyEventType.ValueType  # 8
     """Nothing happened; the stream is alive. Repeats the last sequence sent."""
+    KEY_EVENT_TYPE_CLIENT_REVOKED: _KeyEventType.ValueType  # 9
+    """Every access token issued to a client before a moment was revoked."""
 
 class KeyEventType(_KeyEventType, metaclass=_KeyEventTypeEnumTypeWrapper):
     """KeyEventType says what a KeyEvent reports."""
@@ -105,6 +107,8 @@ KEY_EVENT_TYPE_TOKEN_REVOKED: KeyEventType.ValueType  # 7
 """An access token was revoked before its expiry."""
 KEY_EVENT_TYPE_HEARTBEAT: KeyEventType.ValueType  # 8
 """Nothing happened; the stream is alive. Repeats the last sequence sent."""
+KEY_EVENT_TYPE_CLIENT_REVOKED: KeyEventType.ValueType  # 9
+"""Every access token issued to a client before a moment was revoked."""
 Global___KeyEventType: _TypeAlias = KeyEventType  # noqa: Y015
 
 @_typing.final
@@ -262,6 +266,36 @@ class RevokedToken(_message.Message):
 Global___RevokedToken: _TypeAlias = RevokedToken  # noqa: Y015
 
 @_typing.final
+class ClientRevocation(_message.Message):
+    """ClientRevocation revokes every access token issued to a client before
+    `not_before`: a verifier refuses such a token (its `iat` is earlier).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """The client whose tokens are revoked."""
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Tokens issued (iat) before this moment are refused."""
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_before", b"not_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "not_before", b"not_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientRevocation: _TypeAlias = ClientRevocation  # noqa: Y015
+
+@_typing.final
 class KeyEvent(_message.Message):
     """KeyEvent is one entry of a tenant's event log, or a snapshot of it."""
 
@@ -274,6 +308,8 @@ class KeyEvent(_message.Message):
     KEYSET_FIELD_NUMBER: _builtins.int
     REVOKED_TOKEN_FIELD_NUMBER: _builtins.int
     REVOKED_TOKENS_FIELD_NUMBER: _builtins.int
+    CLIENT_REVOCATION_FIELD_NUMBER: _builtins.int
+    CLIENT_REVOCATIONS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the tenant's event log; strictly increasing along a stream."""
     type: Global___KeyEventType.ValueType
@@ -298,6 +334,14 @@ class KeyEvent(_message.Message):
     def revoked_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevokedToken]:
         """Every unexpired revoked token, for KEY_EVENT_TYPE_SNAPSHOT."""
 
+    @_builtins.property
+    def client_revocation(self) -> Global___ClientRevocation:
+        """The client revocation, for KEY_EVENT_TYPE_CLIENT_REVOKED."""
+
+    @_builtins.property
+    def client_revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientRevocation]:
+        """Every client revocation a token could still be subject to, for KEY_EVENT_TYPE_SNAPSHOT."""
+
     def __init__(
         self,
         *,
@@ -308,10 +352,12 @@ class KeyEvent(_message.Message):
         keyset: Global___KeySet | None = ...,
         revoked_token: Global___RevokedToken | None = ...,
         revoked_tokens: _abc.Iterable[Global___RevokedToken] | None = ...,
+        client_revocation: Global___ClientRevocation | None = ...,
+        client_revocations: _abc.Iterable[Global___ClientRevocation] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "keyset", b"keyset", "occurred_at", b"occurred_at", "revoked_token", b"revoked_token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_revocation", b"client_revocation", "key", b"key", "keyset", b"keyset", "occurred_at", b"occurred_at", "revoked_token", b"revoked_token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "keyset", b"keyset", "occurred_at", b"occurred_at", "revoked_token", b"revoked_token", "revoked_tokens", b"revoked_tokens", "sequence", b"sequence", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_revocation", b"client_revocation", "client_revocations", b"client_revocations", "key", b"key", "keyset", b"keyset", "occurred_at", b"occurred_at", "revoked_token", b"revoked_token", "revoked_tokens", b"revoked_tokens", "sequence", b"sequence", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
