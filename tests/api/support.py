@@ -120,6 +120,7 @@ class Rotor:
         admin: bool = False,
         allow_any_subject: bool = False,
         cert_san: str | None = None,
+        tenant: str = "",
     ) -> Credentials:
         registration = await register_client(
             self.server.store,
@@ -130,6 +131,7 @@ class Rotor:
             admin=admin,
             allow_any_subject=allow_any_subject,
             cert_san=cert_san,
+            tenant=tenant,
         )
         return Credentials(name, registration.secret)
 

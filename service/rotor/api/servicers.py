@@ -281,12 +281,33 @@ class KeyAdminServicer:
                 )
             raise
 
+    async def _within(self, admin: Client, tenant: str, rpc: str, context: Context) -> str:
+        """`tenant`, if the admin may manage it: an admin of a tenant manages only that tenant (an
+        admin of the default tenant manages every one). A refusal is audited."""
+        if admin.tenant and admin.tenant != tenant:
+            async with self._store.transaction() as tx:
+                await tx.append_audit(
+                    self._clock.now(),
+                    admin.client_id,
+                    "admin.denied",
+                    rpc,
+                    "denied",
+                    tenant,
+                    audit.details(reason="TENANT_SCOPE", admin_tenant=admin.tenant),
+                )
+            raise AdminRequired(
+                f"client {admin.client_id!r} is an admin of tenant {admin.tenant!r} only; it cannot manage "
+                f"tenant {tenant[:64]!r}: use an admin of that tenant, or of the default tenant"
+            )
+        return tenant
+
     @unary
     async def rotate_keys(
         self, request: key_admin_pb2.RotateKeysRequest, context: Context
     ) -> key_admin_pb2.RotateKeysResponse:
         admin = await self._admin(context, "RotateKeys")
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
+        await self._within(admin, tenant, "RotateKeys", context)
         reason = validation.reason(request.reason) or f"requested by {admin.client_id}"
         key = await self._keys.rotate(
             tenant, immediate=request.immediate, reason=reason, actor=admin.client_id
@@ -299,6 +320,9 @@ class KeyAdminServicer:
     ) -> key_admin_pb2.RevokeKeyResponse:
         admin = await self._admin(context, "RevokeKey")
         kid = _required(validation.identifier(request.kid, "kid"), "kid")
+        key = await self._store.get_key(kid)
+        if key is not None:
+            await self._within(admin, key.tenant, "RevokeKey", context)
         revocation = await self._keys.revoke(
             kid, reason=validation.reason(request.reason), actor=admin.client_id
         )
@@ -314,6 +338,11 @@ class KeyAdminServicer:
     ) -> key_admin_pb2.ApproveOperationResponse:
         admin = await self._admin(context, "ApproveOperation")
         operation_id = _required(validation.identifier(request.operation_id, "operation_id"), "operation_id")
+        if admin.tenant:
+            async with self._store.transaction() as tx:
+                operation = await tx.get_operation(operation_id)
+            if operation is not None:
+                await self._within(admin, operation.tenant, "ApproveOperation", context)
         key = await self._keys.approve(operation_id, actor=admin.client_id)
         return key_admin_pb2.ApproveOperationResponse(key=convert.key(key))
 
@@ -321,8 +350,9 @@ class KeyAdminServicer:
     async def list_keys(
         self, request: key_admin_pb2.ListKeysRequest, context: Context
     ) -> key_admin_pb2.ListKeysResponse:
-        await self._admin(context, "ListKeys")
+        admin = await self._admin(context, "ListKeys")
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
+        await self._within(admin, tenant, "ListKeys", context)
         keys = await self._keys.list_keys(tenant, include_expired=request.include_expired)
         return key_admin_pb2.ListKeysResponse(keys=[convert.key(k) for k in keys])
 
@@ -346,8 +376,12 @@ class KeyAdminServicer:
     async def list_audit_events(
         self, request: key_admin_pb2.ListAuditEventsRequest, context: Context
     ) -> key_admin_pb2.ListAuditEventsResponse:
-        await self._admin(context, "ListAuditEvents")
-        tenant = validation.identifier(request.tenant, "tenant")
+        admin = await self._admin(context, "ListAuditEvents")
+        tenant = (
+            validation.identifier(request.tenant, "tenant") or admin.tenant
+        )  # a tenant's admin sees its own
+        if tenant:
+            await self._within(admin, tenant, "ListAuditEvents", context)
         size = request.page_size or DEFAULT_AUDIT_PAGE
         if not 0 < size <= MAX_AUDIT_PAGE:
             raise InvalidRequest(f"page_size must be 1..{MAX_AUDIT_PAGE}", "INVALID_VALUE", "page_size")
@@ -367,6 +401,9 @@ class KeyAdminServicer:
     ) -> key_admin_pb2.RevokeClientTokensResponse:
         admin = await self._admin(context, "RevokeClientTokens")
         client_id = _required(validation.identifier(request.client_id, "client_id"), "client_id")
+        target = await self._store.get_client(client_id)
+        if target is not None:
+            await self._within(admin, target.tenant, "RevokeClientTokens", context)
         families, not_before = await self._tokens.revoke_client(admin, client_id, request.reason)
         return key_admin_pb2.RevokeClientTokensResponse(
             families_revoked=families, not_before=convert.timestamp(not_before)
@@ -376,8 +413,9 @@ class KeyAdminServicer:
     async def get_rotation_status(
         self, request: key_admin_pb2.GetRotationStatusRequest, context: Context
     ) -> key_admin_pb2.GetRotationStatusResponse:
-        await self._admin(context, "GetRotationStatus")
+        admin = await self._admin(context, "GetRotationStatus")
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
+        await self._within(admin, tenant, "GetRotationStatus", context)
         return key_admin_pb2.GetRotationStatusResponse(
             latest_sequence=await self._store.last_sequence(tenant),
             watchers=[

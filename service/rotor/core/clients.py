@@ -90,7 +90,12 @@ async def register_client(
             "INVALID_CLIENT_ID",
             "client_id",
         )
-    tenant = validation.identifier(tenant, "tenant")
+    if tenant and not validation.TENANT.fullmatch(tenant):
+        raise InvalidRequest(
+            f"tenant {quote(tenant)} must be 1-128 letters, digits, '.', '-' or '_'",
+            "INVALID_VALUE",
+            "tenant",
+        )
     secret = new_secret()
     client = Client(
         client_id=client_id,

@@ -259,7 +259,13 @@ class KeyManager:
                 "success",
                 tenant,
                 audit.details(
-                    reason=reason, alg=key.alg, state=key.state.value, activates_at=key.activates_at
+                    reason=reason,
+                    alg=key.alg,
+                    state=key.state.value,
+                    activates_at=key.activates_at,
+                    acknowledgement=self._notes.pop(key.kid, None)
+                    if type_ is EventType.KEY_ACTIVATED
+                    else None,
                 ),
             )
         return keyset, sequence

@@ -31,6 +31,7 @@ def visible(value: str) -> bool:
 
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}")
+TENANT = re.compile(r"[A-Za-z0-9._-]{1,128}")  # a tenant's name ("" is the default tenant)
 
 
 def scopes(values: Iterable[str], field: str = "scope") -> tuple[str, ...]:
