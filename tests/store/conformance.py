@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from rotor.core.audit import GENESIS, ChainVerifier, entry_hash
 from rotor.core.model import (
+    AuditEntry,
     Client,
     KeyState,
     Operation,
@@ -931,3 +934,157 @@ class TestCancellation:
         async with store.transaction() as tx:
             sequence = await tx.append_event("", "KEY_RETIRED", T0, "{}")
         assert await store.last_sequence() == sequence
+
+
+# -- the audit log ---------------------------------------------------------------
+
+
+async def audit(store: Store, *entries: tuple[str, str, float], actor: str = "ops") -> list[AuditEntry]:
+    """Append (action, tenant, occurred_at) audit entries in one transaction; what append returned."""
+    async with store.transaction() as tx:
+        return [
+            await tx.append_audit(at, actor, action, f"target-{action}", "success", tenant, '{"n":1}')
+            for action, tenant, at in entries
+        ]
+
+
+class TestAuditLog:
+    async def test_an_empty_log_has_the_genesis_head(self, store: Store) -> None:
+        """A new store's audit head is (0, the genesis hash) and the log is empty."""
+        assert await store.audit_head() == (0, GENESIS)
+        assert await store.audit_after(0) == []
+
+    async def test_appended_entries_are_numbered_from_one_and_chained(self, store: Store) -> None:
+        """Sequences start at 1 without gaps; each prev_hash is the previous hash; each hash recomputes."""
+        first = await audit(store, ("key.published", "", T0), ("key.activated", "", T0))
+        second = await audit(store, ("client.created", "acme", T0 + 1.25))
+        async with store.transaction() as tx:
+            third = await tx.append_audit(
+                T0 + 2.5, "admin-ü", "token.revoked", "jti-1", "denied", "", '{"why":"ünïcode \\"q\\""}'
+            )
+        entries = [*first, *second, third]
+        assert [e.sequence for e in entries] == [1, 2, 3, 4]
+        assert entries[0].prev_hash == GENESIS
+        for previous, entry in itertools.pairwise(entries):
+            assert entry.prev_hash == previous.hash
+        for entry in entries:
+            assert entry.hash == entry_hash(entry) and len(entry.hash) == 64
+        assert (third.occurred_at, third.actor, third.target, third.outcome, third.details_json) == (
+            T0 + 2.5,
+            "admin-ü",
+            "jti-1",
+            "denied",
+            '{"why":"ünïcode \\"q\\""}',
+        )
+        assert await store.audit_after(0) == entries, "an entry did not read back as appended"
+
+    async def test_entries_read_back_equal_and_the_head_follows(self, store: Store) -> None:
+        """audit_after returns exactly what append_audit returned; audit_head is the last entry."""
+        appended = await audit(store, ("a", "", T0 + 0.123456), ("b", "acme", T0 + 7))
+        assert await store.audit_head() == (2, appended[-1].hash)
+        appended += await audit(store, ("c", "", T0 + 8))
+        assert await store.audit_after(0) == appended
+        assert await store.audit_head() == (3, appended[-1].hash)
+        checker = ChainVerifier()
+        checker.feed(await store.audit_after(0))
+        checker.finish(*await store.audit_head())
+        assert checker.count == 3
+
+    async def test_audit_after_pages_in_sequence_order(self, store: Store) -> None:
+        """audit_after(after, limit) returns the entries after `after`, oldest first, at most `limit`."""
+        for i in range(7):
+            await audit(store, (f"action-{i}", "", T0 + i))
+        assert [e.sequence for e in await store.audit_after(2, limit=3)] == [3, 4, 5]
+        assert [e.sequence for e in await store.audit_after(5, limit=3)] == [6, 7]
+        assert await store.audit_after(7) == []
+        pages: list[int] = []
+        after = 0
+        while page := await store.audit_after(after, limit=2):
+            pages += [e.sequence for e in page]
+            after = page[-1].sequence
+        assert pages == list(range(1, 8))
+
+    async def test_audit_after_filters_by_since_and_tenant(self, store: Store) -> None:
+        """`since` keeps entries at or after it; `tenant` keeps one tenant's; None means every tenant."""
+        await audit(
+            store,
+            ("one", "", T0),
+            ("two", "acme", T0 + 10),
+            ("three", "", T0 + 20),
+            ("four", "acme", T0 + 30),
+            ("five", "zeta", T0 + 40),
+        )
+
+        def actions(entries: list[AuditEntry]) -> list[str]:
+            return [e.action for e in entries]
+
+        assert actions(await store.audit_after(0, since=T0 + 20)) == ["three", "four", "five"]
+        assert actions(await store.audit_after(0, since=T0 + 20.5)) == ["four", "five"]
+        assert actions(await store.audit_after(0, tenant="acme")) == ["two", "four"]
+        assert actions(await store.audit_after(0, tenant="")) == ["one", "three"]
+        assert actions(await store.audit_after(0, tenant=None)) == ["one", "two", "three", "four", "five"]
+        assert actions(await store.audit_after(2, since=T0 + 5, tenant="acme")) == ["four"]
+        assert actions(await store.audit_after(0, tenant="acme", limit=1)) == ["two"]
+        assert await store.audit_after(0, tenant="nobody") == []
+        assert await store.audit_after(0, since=T0 + 41) == []
+
+    async def test_entries_of_a_rolled_back_transaction_vanish_and_the_head_stays(self, store: Store) -> None:
+        """A rolled-back append leaves no entry and no head move; the next append reuses its number."""
+        [kept] = await audit(store, ("kept", "", T0))
+        with pytest.raises(Boom):
+            async with store.transaction() as tx:
+                await tx.append_event("", "KEY_PUBLISHED", T0, "{}")
+                await tx.append_audit(T0 + 1, "ops", "lost", "x", "success", "", "{}")
+                await tx.append_audit(T0 + 1, "ops", "lost-too", "x", "success", "", "{}")
+                raise Boom
+        assert await store.audit_after(0) == [kept]
+        assert await store.audit_head() == (1, kept.hash)
+        assert await store.last_sequence() == 0, "the event of the rolled-back transaction stayed"
+        [after] = await audit(store, ("after", "", T0 + 2))
+        assert (after.sequence, after.prev_hash) == (2, kept.hash)
+
+    async def test_prune_never_touches_the_audit_log(self, store: Store) -> None:
+        """Event retention and expiry pruning leave every audit entry and the head in place."""
+        appended = await audit(store, ("old", "", T0), ("older", "", T0 - 86400 * 365))
+        await store.prune(T0 + 10 * 86400 * 365, event_horizon=T0 + 10 * 86400 * 365)
+        assert await store.audit_after(0) == appended
+        assert await store.audit_head() == (2, appended[-1].hash)
+
+    async def test_two_stores_appending_at_once_build_one_unbroken_chain(
+        self, store: Store, open_store: OpenStore
+    ) -> None:
+        """Concurrent appenders on one database never share a number or fork the chain."""
+        other = await open_store()
+
+        async def append_one(on: Store, i: int) -> int:
+            async with on.transaction() as tx:
+                if i % 4 < 2:  # a key change: its event first, as the Tx contract asks
+                    await tx.append_event("", "KEY_PUBLISHED", T0, "{}")
+                # the others write only the audit entry (client.created, admin.denied, family.revoked)
+                entry = await tx.append_audit(
+                    T0 + i, f"actor-{i}", "key.published", f"k{i}", "success", "", "{}"
+                )
+                for _ in range(i % 3):  # hold the commit a moment: a chance for the other store to interleave
+                    await asyncio.sleep(0.001)
+                return entry.sequence
+
+        sequences = await asyncio.gather(*(append_one(store if i % 2 else other, i) for i in range(24)))
+        assert sorted(sequences) == list(range(1, 25))
+        checker = ChainVerifier()
+        checker.feed(await other.audit_after(0))
+        checker.finish(*await store.audit_head())
+        assert checker.count == 24
+
+    async def test_audit_reads_and_appends_of_a_broken_database_raise_store_errors(
+        self, store: Store, backend: Backend, tmp_path: Path
+    ) -> None:
+        """With the tables gone, audit_head, audit_after and append_audit raise only StoreError."""
+        await audit(store, ("kept", "", T0))
+        await backend.sabotage(tmp_path)
+        with pytest.raises(StoreError):
+            await store.audit_head()
+        with pytest.raises(StoreError):
+            await store.audit_after(0)
+        with pytest.raises(StoreError):
+            async with store.transaction() as tx:
+                await tx.append_audit(T0, "ops", "lost", "x", "success", "", "{}")

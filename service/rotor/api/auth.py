@@ -10,7 +10,7 @@ from typing import Any
 from grpc import aio
 
 from rotor.core.clients import Authenticator
-from rotor.core.errors import AdminRequired, InvalidClient
+from rotor.core.errors import InvalidClient
 from rotor.core.model import Client
 from rotor.metrics import caller
 from rotor.tls import peer_certificate
@@ -94,14 +94,6 @@ class CallerAuth:
                 "`rotor clients add NAME --cert-san URI`, or send Basic credentials"
             )
         raise InvalidClient(f"this call needs client credentials; {_HOW}")
-
-    async def require_admin(self, context: Context) -> Client:
-        client = await self.require(context)
-        if not client.admin:
-            raise AdminRequired(
-                f"client {client.client_id!r} is not an admin; KeyAdmin calls need an admin client"
-            )
-        return client
 
 
 def bound_certificate(context: Context) -> str | None:

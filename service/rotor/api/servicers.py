@@ -266,20 +266,29 @@ class KeyAdminServicer:
     async def _admin(self, context: Context, rpc: str) -> Client:
         """The calling admin; a refused attempt is written to the audit log, then refused."""
         try:
-            return await self._auth.require_admin(context)
-        except (InvalidClient, ClientDisabled, AdminRequired) as refused:
+            client = await self._auth.require(context)
+        except (InvalidClient, ClientDisabled) as refused:
             claimed = basic_credentials_or_none(context.invocation_metadata())
-            async with self._store.transaction() as tx:
-                await tx.append_audit(
-                    self._clock.now(),
-                    claimed or "anonymous",
-                    "admin.denied",
-                    rpc,
-                    "denied",
-                    "",
-                    audit.details(reason=refused.error_reason, peer=context.peer()),
-                )
+            await self._audit_refusal(claimed or "anonymous", rpc, refused.error_reason, context)
             raise
+        if not client.admin:
+            await self._audit_refusal(client.client_id, rpc, "ADMIN_REQUIRED", context)
+            raise AdminRequired(
+                f"client {client.client_id!r} is not an admin; KeyAdmin calls need an admin client"
+            )
+        return client
+
+    async def _audit_refusal(self, actor: str, rpc: str, reason: str, context: Context) -> None:
+        async with self._store.transaction() as tx:
+            await tx.append_audit(
+                self._clock.now(),
+                actor,
+                "admin.denied",
+                rpc,
+                "denied",
+                "",
+                audit.details(reason=reason, peer=context.peer()),
+            )
 
     async def _within(self, admin: Client, tenant: str, rpc: str, context: Context) -> str:
         """`tenant`, if the admin may manage it: an admin of a tenant manages only that tenant (an
@@ -437,7 +446,7 @@ def _page_token(token: str) -> int:
     """The sequence a page token continues after (tokens are what next_page_token gave)."""
     if not token:
         return 0
-    if not token.isdigit() or len(token) > 20:
+    if not (token.isascii() and token.isdigit()) or len(token) > 19 or int(token) >= 2**63:
         raise InvalidRequest(
             "page_token is not one this server gave: pass next_page_token unchanged",
             "INVALID_VALUE",
