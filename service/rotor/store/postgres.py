@@ -39,7 +39,6 @@ from rotor.core.model import (
     AuditEntry,
     Client,
     KeyState,
-    Operation,
     RefreshFamily,
     RefreshToken,
     RevokedToken,
@@ -48,7 +47,7 @@ from rotor.core.model import (
     StoredEvent,
 )
 from rotor.store import AlreadyExists, Unavailable, _sql, rows
-from rotor.store._governance import GovernanceTx
+from rotor.store._shared_tx import SharedReads, SharedTx
 
 log = logging.getLogger("rotor.store.postgres")
 
@@ -125,7 +124,7 @@ class _Pooled:
             return await conn.fetchrow(query, *args)
 
 
-class _Reads:
+class _Reads(SharedReads):
     """Queries shared by transactions and plain reads."""
 
     def __init__(self, db: _Queries) -> None:
@@ -139,14 +138,6 @@ class _Reads:
         with _driver_errors():
             return await self._db.fetch(sql, *params)
 
-    async def get_client(self, client_id: str) -> Client | None:
-        row = await self._one(_sql.GET_CLIENT, (client_id,))
-        return rows.client(row) if row else None
-
-    async def get_key(self, kid: str) -> SigningKey | None:
-        row = await self._one(_sql.GET_KEY, (kid,))
-        return rows.key(row) if row else None
-
     async def list_keys(self, tenant: str, states: Collection[KeyState] | None = None) -> list[SigningKey]:
         if states is None:
             found = await self._all(_KEYS_OF_TENANT, (tenant,))
@@ -154,31 +145,8 @@ class _Reads:
             found = await self._all(_KEYS_OF_TENANT_IN_STATES, (tenant, [s.value for s in states]))
         return [rows.key(r) for r in found]
 
-    async def get_family(self, family_id: str) -> RefreshFamily | None:
-        row = await self._one(_sql.GET_FAMILY, (family_id,))
-        return rows.family(row) if row else None
 
-    async def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
-        row = await self._one(_sql.GET_REFRESH_TOKEN, (token_hash,))
-        return rows.token(row) if row else None
-
-    async def get_revoked_token(self, jti: str) -> RevokedToken | None:
-        row = await self._one(_sql.GET_REVOKED_TOKEN, (jti,))
-        return rows.revoked(row) if row else None
-
-    async def get_operation(self, operation_id: str) -> Operation | None:
-        row = await self._one(_sql.GET_OPERATION, (operation_id,))
-        return rows.operation(row) if row else None
-
-    async def last_sequence(self, tenant: str | None = None) -> int:
-        if tenant is None:
-            row = await self._one(_sql.LAST_SEQUENCE)
-        else:
-            row = await self._one(_sql.LAST_SEQUENCE_OF_TENANT, (tenant,))
-        return int(row[0])
-
-
-class _PostgresTx(_Reads, GovernanceTx):
+class _PostgresTx(_Reads, SharedTx):
     """A transaction on one pooled connection (see rotor.store.Tx)."""
 
     LOCK_HEAD = " FOR UPDATE"  # audit appenders queue on the head row until commit
@@ -202,49 +170,11 @@ class _PostgresTx(_Reads, GovernanceTx):
         row = await self._one(_sql.GET_CLIENT + " FOR UPDATE", (client_id,))
         return rows.client(row) if row else None
 
-    async def insert_client(self, client: Client) -> None:
-        await self._changed(_sql.INSERT_CLIENT, rows.client_values(client), f"client {client.client_id!r}")
-
-    async def update_client(self, client: Client) -> bool:
-        values = (*rows.client_values(client), client.client_id)
-        return await self._changed(_sql.UPDATE_CLIENT, values, "client")
-
     async def insert_key(self, key: SigningKey) -> None:
         what = (
             f"an active key of tenant {key.tenant!r}" if key.state is KeyState.ACTIVE else f"key {key.kid!r}"
         )
         await self._changed(_sql.INSERT_KEY, rows.key_values(key), what)
-
-    async def update_key(self, key: SigningKey, expected: KeyState) -> bool:
-        # the one-active-key index refuses a second ACTIVE key of a tenant: AlreadyExists
-        what = (
-            f"an active key of tenant {key.tenant!r}" if key.state is KeyState.ACTIVE else f"key {key.kid!r}"
-        )
-        values = (*rows.key_values(key), key.kid, expected.value)
-        return await self._changed(_sql.UPDATE_KEY, values, what)
-
-    async def insert_family(self, family: RefreshFamily) -> None:
-        await self._changed(_sql.INSERT_FAMILY, rows.family_values(family), "refresh family")
-
-    async def revoke_family(self, family_id: str, at: float, reason: str) -> bool:
-        return await self._changed(_sql.REVOKE_FAMILY, (at, reason, family_id))
-
-    async def insert_refresh_token(self, token: RefreshToken) -> None:
-        await self._changed(_sql.INSERT_REFRESH_TOKEN, rows.token_values(token), "refresh token")
-
-    async def mark_refresh_token_used(self, token_hash: str, at: float) -> bool:
-        return await self._changed(_sql.MARK_REFRESH_TOKEN_USED, (at, token_hash))
-
-    async def insert_revoked_token(self, revoked: RevokedToken) -> bool:
-        return await self._changed(_sql.INSERT_REVOKED_TOKEN, rows.revoked_values(revoked))
-
-    async def insert_operation(self, operation: Operation) -> None:
-        what = f"operation {operation.operation_id!r}"
-        await self._changed(_sql.INSERT_OPERATION, rows.operation_values(operation), what)
-
-    async def update_operation(self, operation: Operation, expected_state: str) -> bool:
-        values = (*rows.operation_values(operation), operation.operation_id, expected_state)
-        return await self._changed(_sql.UPDATE_OPERATION, values, "operation")
 
     async def append_event(self, tenant: str, type_: str, occurred_at: float, payload: str) -> int:
         with _driver_errors("event"):

@@ -22,7 +22,6 @@ from rotor.core.model import (
     AuditEntry,
     Client,
     KeyState,
-    Operation,
     RefreshFamily,
     RefreshToken,
     RevokedToken,
@@ -31,7 +30,7 @@ from rotor.core.model import (
     StoredEvent,
 )
 from rotor.store import AlreadyExists, Unavailable, _sql, rows
-from rotor.store._governance import GovernanceTx
+from rotor.store._shared_tx import SharedReads, SharedTx
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -48,7 +47,7 @@ def _numbered(sql: str) -> str:
     return sql.replace("$", "?")
 
 
-class _Reads:
+class _Reads(SharedReads):
     """Queries shared by transactions (writer connection) and plain reads (reader connection)."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -63,14 +62,6 @@ class _Reads:
         with _driver_errors():
             return list(await self._conn.execute_fetchall(_numbered(sql), tuple(params)))
 
-    async def get_client(self, client_id: str) -> Client | None:
-        row = await self._one(_sql.GET_CLIENT, (client_id,))
-        return rows.client(row) if row else None
-
-    async def get_key(self, kid: str) -> SigningKey | None:
-        row = await self._one(_sql.GET_KEY, (kid,))
-        return rows.key(row) if row else None
-
     async def list_keys(self, tenant: str, states: Collection[KeyState] | None = None) -> list[SigningKey]:
         clause, values = _states_clause(states)
         found = await self._all(
@@ -79,31 +70,8 @@ class _Reads:
         )
         return [rows.key(r) for r in found]
 
-    async def get_family(self, family_id: str) -> RefreshFamily | None:
-        row = await self._one(_sql.GET_FAMILY, (family_id,))
-        return rows.family(row) if row else None
 
-    async def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
-        row = await self._one(_sql.GET_REFRESH_TOKEN, (token_hash,))
-        return rows.token(row) if row else None
-
-    async def get_revoked_token(self, jti: str) -> RevokedToken | None:
-        row = await self._one(_sql.GET_REVOKED_TOKEN, (jti,))
-        return rows.revoked(row) if row else None
-
-    async def get_operation(self, operation_id: str) -> Operation | None:
-        row = await self._one(_sql.GET_OPERATION, (operation_id,))
-        return rows.operation(row) if row else None
-
-    async def last_sequence(self, tenant: str | None = None) -> int:
-        if tenant is None:
-            row = await self._one(_sql.LAST_SEQUENCE)
-        else:
-            row = await self._one(_sql.LAST_SEQUENCE_OF_TENANT, (tenant,))
-        return int(row[0])
-
-
-class _SqliteTx(_Reads, GovernanceTx):
+class _SqliteTx(_Reads, SharedTx):
     """A transaction on the writer connection (see rotor.store.Tx)."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -119,46 +87,8 @@ class _SqliteTx(_Reads, GovernanceTx):
     async def _changed(self, sql: str, params: Iterable[Any], what: str = "row") -> bool:
         return await self._count(sql, params, what) > 0
 
-    async def insert_client(self, client: Client) -> None:
-        await self._changed(_sql.INSERT_CLIENT, rows.client_values(client), f"client {client.client_id!r}")
-
-    async def update_client(self, client: Client) -> bool:
-        values = (*rows.client_values(client), client.client_id)
-        return await self._changed(_sql.UPDATE_CLIENT, values, "client")
-
     async def insert_key(self, key: SigningKey) -> None:
         await self._changed(_sql.INSERT_KEY, rows.key_values(key), f"key {key.kid!r}")
-
-    async def update_key(self, key: SigningKey, expected: KeyState) -> bool:
-        # the one-active-key index refuses a second ACTIVE key of a tenant: AlreadyExists
-        what = (
-            f"an active key of tenant {key.tenant!r}" if key.state is KeyState.ACTIVE else f"key {key.kid!r}"
-        )
-        values = (*rows.key_values(key), key.kid, expected.value)
-        return await self._changed(_sql.UPDATE_KEY, values, what)
-
-    async def insert_family(self, family: RefreshFamily) -> None:
-        await self._changed(_sql.INSERT_FAMILY, rows.family_values(family), "refresh family")
-
-    async def revoke_family(self, family_id: str, at: float, reason: str) -> bool:
-        return await self._changed(_sql.REVOKE_FAMILY, (at, reason, family_id))
-
-    async def insert_refresh_token(self, token: RefreshToken) -> None:
-        await self._changed(_sql.INSERT_REFRESH_TOKEN, rows.token_values(token), "refresh token")
-
-    async def mark_refresh_token_used(self, token_hash: str, at: float) -> bool:
-        return await self._changed(_sql.MARK_REFRESH_TOKEN_USED, (at, token_hash))
-
-    async def insert_revoked_token(self, revoked: RevokedToken) -> bool:
-        return await self._changed(_sql.INSERT_REVOKED_TOKEN, rows.revoked_values(revoked))
-
-    async def insert_operation(self, operation: Operation) -> None:
-        what = f"operation {operation.operation_id!r}"
-        await self._changed(_sql.INSERT_OPERATION, rows.operation_values(operation), what)
-
-    async def update_operation(self, operation: Operation, expected_state: str) -> bool:
-        values = (*rows.operation_values(operation), operation.operation_id, expected_state)
-        return await self._changed(_sql.UPDATE_OPERATION, values, "operation")
 
     async def append_event(self, tenant: str, type_: str, occurred_at: float, payload: str) -> int:
         with _driver_errors("event"):

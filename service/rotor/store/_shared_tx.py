@@ -1,0 +1,143 @@
+"""Transaction methods both SQL backends share: writes by rotor.store._sql's statements.
+
+Mixed into each backend's transaction class, whose `_one`, `_count` and
+`_changed` run those statements in that backend's dialect; what differs
+(event sequences, key locks, leases, row locks on reads) stays in each backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rotor.core.audit import chain_hash
+from rotor.core.model import (
+    AuditEntry,
+    Client,
+    ClientRevocation,
+    KeyState,
+    Operation,
+    RefreshFamily,
+    RefreshToken,
+    RevokedToken,
+    SigningKey,
+)
+from rotor.store import _sql, rows
+
+
+class SharedReads:
+    """Reads both SQL backends run alike, on a transaction's connection or a plain one."""
+
+    async def _one(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        raise NotImplementedError  # the backend's
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    async def get_client(self, client_id: str) -> Client | None:
+        row = await self._one(_sql.GET_CLIENT, (client_id,))
+        return rows.client(row) if row else None
+
+    async def get_key(self, kid: str) -> SigningKey | None:
+        row = await self._one(_sql.GET_KEY, (kid,))
+        return rows.key(row) if row else None
+
+    async def get_family(self, family_id: str) -> RefreshFamily | None:
+        row = await self._one(_sql.GET_FAMILY, (family_id,))
+        return rows.family(row) if row else None
+
+    async def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
+        row = await self._one(_sql.GET_REFRESH_TOKEN, (token_hash,))
+        return rows.token(row) if row else None
+
+    async def get_revoked_token(self, jti: str) -> RevokedToken | None:
+        row = await self._one(_sql.GET_REVOKED_TOKEN, (jti,))
+        return rows.revoked(row) if row else None
+
+    async def get_operation(self, operation_id: str) -> Operation | None:
+        row = await self._one(_sql.GET_OPERATION, (operation_id,))
+        return rows.operation(row) if row else None
+
+    async def last_sequence(self, tenant: str | None = None) -> int:
+        if tenant is None:
+            row = await self._one(_sql.LAST_SEQUENCE)
+        else:
+            row = await self._one(_sql.LAST_SEQUENCE_OF_TENANT, (tenant,))
+        return int(row[0])
+
+
+class SharedTx(SharedReads):
+    # appended to the head's SELECT where the backend needs a row lock to serialize appenders
+    LOCK_HEAD = ""
+
+    async def _count(self, sql: str, params: Iterable[Any], what: str = "row") -> int:
+        raise NotImplementedError
+
+    async def _changed(self, sql: str, params: Iterable[Any], what: str = "row") -> bool:
+        raise NotImplementedError
+
+    async def insert_client(self, client: Client) -> None:
+        await self._changed(_sql.INSERT_CLIENT, rows.client_values(client), f"client {client.client_id!r}")
+
+    async def update_client(self, client: Client) -> bool:
+        values = (*rows.client_values(client), client.client_id)
+        return await self._changed(_sql.UPDATE_CLIENT, values, "client")
+
+    async def update_key(self, key: SigningKey, expected: KeyState) -> bool:
+        # the one-active-key index refuses a second ACTIVE key of a tenant: AlreadyExists
+        what = (
+            f"an active key of tenant {key.tenant!r}" if key.state is KeyState.ACTIVE else f"key {key.kid!r}"
+        )
+        values = (*rows.key_values(key), key.kid, expected.value)
+        return await self._changed(_sql.UPDATE_KEY, values, what)
+
+    async def insert_family(self, family: RefreshFamily) -> None:
+        await self._changed(_sql.INSERT_FAMILY, rows.family_values(family), "refresh family")
+
+    async def revoke_family(self, family_id: str, at: float, reason: str) -> bool:
+        return await self._changed(_sql.REVOKE_FAMILY, (at, reason, family_id))
+
+    async def insert_refresh_token(self, token: RefreshToken) -> None:
+        await self._changed(_sql.INSERT_REFRESH_TOKEN, rows.token_values(token), "refresh token")
+
+    async def mark_refresh_token_used(self, token_hash: str, at: float) -> bool:
+        return await self._changed(_sql.MARK_REFRESH_TOKEN_USED, (at, token_hash))
+
+    async def insert_revoked_token(self, revoked: RevokedToken) -> bool:
+        return await self._changed(_sql.INSERT_REVOKED_TOKEN, rows.revoked_values(revoked))
+
+    async def insert_operation(self, operation: Operation) -> None:
+        what = f"operation {operation.operation_id!r}"
+        await self._changed(_sql.INSERT_OPERATION, rows.operation_values(operation), what)
+
+    async def update_operation(self, operation: Operation, expected_state: str) -> bool:
+        values = (*rows.operation_values(operation), operation.operation_id, expected_state)
+        return await self._changed(_sql.UPDATE_OPERATION, values, "operation")
+
+    async def append_audit(
+        self,
+        occurred_at: float,
+        actor: str,
+        action: str,
+        target: str,
+        outcome: str,
+        tenant: str,
+        details_json: str,
+    ) -> AuditEntry:
+        head = await self._one(_sql.AUDIT_HEAD + self.LOCK_HEAD)
+        sequence, prev_hash = int(head[0]) + 1, str(head[1])
+        digest = chain_hash(
+            prev_hash, sequence, occurred_at, actor, action, target, outcome, tenant, details_json
+        )
+        entry = AuditEntry(
+            sequence, occurred_at, actor, action, target, outcome, tenant, details_json, prev_hash, digest
+        )
+        await self._changed(_sql.INSERT_AUDIT, rows.audit_values(entry), "audit entry")
+        await self._changed(_sql.ADVANCE_AUDIT_HEAD, (sequence, digest))
+        return entry
+
+    async def revoke_client_families(self, client_id: str, at: float, reason: str) -> int:
+        return await self._count(_sql.REVOKE_CLIENT_FAMILIES, (at, reason, client_id))
+
+    async def put_client_revocation(self, revocation: ClientRevocation) -> None:
+        await self._changed(_sql.UPSERT_CLIENT_REVOCATION, rows.client_revocation_values(revocation))
