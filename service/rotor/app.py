@@ -163,6 +163,7 @@ class RotorServer:
         )
 
         self.metrics = Metrics()
+        self.metrics.watch_audit()
         self.metrics.watch_keys(
             lambda: self.keys.tenants, self.keyring.live, self.keyring.has_active, policy, self.clock.now
         )

@@ -17,12 +17,13 @@ import contextvars
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from rotor.core import lifecycle
 from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import KeyState, SigningKey
+from rotor.store._shared_tx import AUDIT_WRITE_FAILURES
 
 # the authenticated caller of the RPC being handled, for labels ("" until authenticated)
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("rotor_caller", default="")
@@ -89,6 +90,10 @@ class Metrics:
             registry=r,
         )
 
+    def watch_audit(self) -> None:
+        """Export the audit appends that failed in this process (each failed its change too)."""
+        self.registry.register(_AuditCollector())
+
     def watch_keys(
         self,
         tenants: Callable[[], Iterable[str]],
@@ -114,6 +119,16 @@ class Metrics:
         verb = TOKEN_RPCS.get(method)
         if verb is not None:
             self.tokens[verb].labels(client, "ok" if code == "OK" else reason or code).inc()
+
+
+class _AuditCollector(Collector):
+    def collect(self) -> Iterable[Metric]:
+        failures = CounterMetricFamily(
+            "rotor_audit_write_failures",
+            "Audit entries that could not be written; the change each belonged to did not happen.",
+        )
+        failures.add_metric([], AUDIT_WRITE_FAILURES.count)
+        return [failures]
 
 
 class _KeyCollector(Collector):

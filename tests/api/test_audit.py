@@ -716,6 +716,7 @@ async def test_a_rotation_whose_audit_entry_cannot_be_written_does_not_happen(
     before = await key_state_of(rotor, ops)
     old_head = await rotor.server.store.audit_head()
     signing = (await rotor.issue(svc)).key_id
+    failures = rotor.server.metrics.registry.get_sample_value("rotor_audit_write_failures_total") or 0.0
 
     await take_audit_table_away(rotor)
     for immediate in (True, False):
@@ -731,6 +732,10 @@ async def test_a_rotation_whose_audit_entry_cannot_be_written_does_not_happen(
     assert await key_state_of(rotor, ops) == before
     assert (await rotor.issue(svc)).key_id == signing, "the server signs with a key the store never got"
     assert await rotor.server.store.audit_head() == old_head
+    after = rotor.server.metrics.registry.get_sample_value("rotor_audit_write_failures_total")
+    assert after is not None and after >= failures + 3, (
+        "the failed audit writes were not counted for the alert"
+    )
 
     await give_audit_table_back(rotor)
     await rotate(rotor, ops, immediate=True)

@@ -43,6 +43,7 @@ EXPECTED_ALERTS = {
     "RotorAuthFailureSpike",
     "RotorWatchersLagging",
     "RotorStoreUnavailable",
+    "RotorAuditWriteFailures",
     "RotorErrorRateHigh",
     "RotorDown",
 }
@@ -131,6 +132,7 @@ def exported() -> Exported:
     metrics = Metrics()
     key = _active_key("t")
     metrics.watch_keys(lambda: ["t"], lambda tenant: (key,), lambda tenant: True, POLICY, lambda: T0 + 60)
+    metrics.watch_audit()
     _exercise(metrics)
     labels: dict[str, frozenset[str]] = dict(BUILTIN_SERIES)
     families: dict[str, set[str]] = {}

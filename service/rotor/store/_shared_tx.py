@@ -22,7 +22,15 @@ from rotor.core.model import (
     RevokedToken,
     SigningKey,
 )
-from rotor.store import _sql, rows
+from rotor.store import StoreError, _sql, rows
+
+
+class _Counter:
+    count = 0
+
+
+# audit appends that failed in this process (rotor_audit_write_failures_total)
+AUDIT_WRITE_FAILURES = _Counter()
 
 
 class SharedReads:
@@ -115,6 +123,22 @@ class SharedTx(SharedReads):
         return await self._changed(_sql.UPDATE_OPERATION, values, "operation")
 
     async def append_audit(
+        self,
+        occurred_at: float,
+        actor: str,
+        action: str,
+        target: str,
+        outcome: str,
+        tenant: str,
+        details_json: str,
+    ) -> AuditEntry:
+        try:
+            return await self._append_audit(occurred_at, actor, action, target, outcome, tenant, details_json)
+        except StoreError:
+            AUDIT_WRITE_FAILURES.count += 1  # the change fails with it (fail closed); operators are alerted
+            raise
+
+    async def _append_audit(
         self,
         occurred_at: float,
         actor: str,
