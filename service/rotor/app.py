@@ -164,6 +164,7 @@ class RotorServer:
 
         self.metrics = Metrics()
         self.metrics.watch_audit()
+        self.metrics.watch_rotator(lambda: self.rotator.lease is not None, lambda: self.rotator.failed_ticks)
         self.metrics.watch_keys(
             lambda: self.keys.tenants, self.keyring.live, self.keyring.has_active, policy, self.clock.now
         )

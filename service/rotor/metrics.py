@@ -90,6 +90,10 @@ class Metrics:
             registry=r,
         )
 
+    def watch_rotator(self, leading: Callable[[], bool], failures: Callable[[], int]) -> None:
+        """Export whether this process runs the key schedule, and its failed ticks."""
+        self.registry.register(_RotatorCollector(leading, failures))
+
     def watch_audit(self) -> None:
         """Export the audit appends that failed in this process (each failed its change too)."""
         self.registry.register(_AuditCollector())
@@ -119,6 +123,24 @@ class Metrics:
         verb = TOKEN_RPCS.get(method)
         if verb is not None:
             self.tokens[verb].labels(client, "ok" if code == "OK" else reason or code).inc()
+
+
+class _RotatorCollector(Collector):
+    def __init__(self, leading: Callable[[], bool], failures: Callable[[], int]) -> None:
+        self._leading, self._failures = leading, failures
+
+    def collect(self) -> Iterable[Metric]:
+        leader = GaugeMetricFamily(
+            "rotor_rotator_leader",
+            "1 on the process holding the rotator lease (it runs the key schedule); across replicas, "
+            "the sum should be 1.",
+        )
+        leader.add_metric([], 1 if self._leading() else 0)
+        failures = CounterMetricFamily(
+            "rotor_rotator_failures", "Key-schedule ticks that failed (retried at once; the log says why)."
+        )
+        failures.add_metric([], self._failures())
+        return [leader, failures]
 
 
 class _AuditCollector(Collector):

@@ -112,6 +112,8 @@ async def test_metrics_parse_and_move_when_tokens_are_issued(rotor: Rotor, svc: 
     assert after[("rotor_auth_failures_total", (("reason", "INVALID_CLIENT"),))] >= 1
     assert after[("rotor_rpc_duration_seconds_count", (("code", "OK"), ("method", "Issue")))] >= 3
     assert ("rotor_next_rotation_seconds", (("tenant", ""),)) in after
+    assert after[("rotor_rotator_leader", ())] == 1, "a lone server runs the key schedule"
+    assert after[("rotor_rotator_failures_total", ())] == 0
 
 
 async def test_health_probes(rotor: Rotor) -> None:

@@ -44,6 +44,7 @@ EXPECTED_ALERTS = {
     "RotorWatchersLagging",
     "RotorStoreUnavailable",
     "RotorAuditWriteFailures",
+    "RotorNoRotator",
     "RotorErrorRateHigh",
     "RotorDown",
 }
@@ -133,6 +134,7 @@ def exported() -> Exported:
     key = _active_key("t")
     metrics.watch_keys(lambda: ["t"], lambda tenant: (key,), lambda tenant: True, POLICY, lambda: T0 + 60)
     metrics.watch_audit()
+    metrics.watch_rotator(lambda: True, lambda: 0)
     _exercise(metrics)
     labels: dict[str, frozenset[str]] = dict(BUILTIN_SERIES)
     families: dict[str, set[str]] = {}

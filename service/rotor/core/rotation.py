@@ -59,6 +59,7 @@ class Rotator:
         self._lease_ttl = lease_ttl
         self._holder = holder_name()
         self.lease: Lease | None = None  # set while this process runs the schedule
+        self.failed_ticks = 0  # ticks that raised (the store away, say): rotor_rotator_failures_total
 
     async def tick(self) -> float | None:
         """Apply what is due in every tenant, if this process holds the lease; returns when the next
@@ -114,6 +115,7 @@ class Rotator:
             try:
                 next_at = await self.tick()
             except Exception:
+                self.failed_ticks += 1
                 log.exception("key rotation failed; retrying")
                 next_at = None
             delay = self._max_sleep if next_at is None else next_at - self._clock.now()
