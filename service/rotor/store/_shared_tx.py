@@ -133,31 +133,19 @@ class SharedTx(SharedReads):
         details_json: str,
     ) -> AuditEntry:
         try:
-            return await self._append_audit(occurred_at, actor, action, target, outcome, tenant, details_json)
+            head = await self._one(_sql.AUDIT_HEAD + self.LOCK_HEAD)
+            sequence, prev_hash = int(head[0]) + 1, str(head[1])
+            digest = chain_hash(
+                prev_hash, sequence, occurred_at, actor, action, target, outcome, tenant, details_json
+            )
+            entry = AuditEntry(
+                sequence, occurred_at, actor, action, target, outcome, tenant, details_json, prev_hash, digest
+            )
+            await self._changed(_sql.INSERT_AUDIT, rows.audit_values(entry), "audit entry")
+            await self._changed(_sql.ADVANCE_AUDIT_HEAD, (sequence, digest))
         except StoreError:
             AUDIT_WRITE_FAILURES.count += 1  # the change fails with it (fail closed); operators are alerted
             raise
-
-    async def _append_audit(
-        self,
-        occurred_at: float,
-        actor: str,
-        action: str,
-        target: str,
-        outcome: str,
-        tenant: str,
-        details_json: str,
-    ) -> AuditEntry:
-        head = await self._one(_sql.AUDIT_HEAD + self.LOCK_HEAD)
-        sequence, prev_hash = int(head[0]) + 1, str(head[1])
-        digest = chain_hash(
-            prev_hash, sequence, occurred_at, actor, action, target, outcome, tenant, details_json
-        )
-        entry = AuditEntry(
-            sequence, occurred_at, actor, action, target, outcome, tenant, details_json, prev_hash, digest
-        )
-        await self._changed(_sql.INSERT_AUDIT, rows.audit_values(entry), "audit entry")
-        await self._changed(_sql.ADVANCE_AUDIT_HEAD, (sequence, digest))
         return entry
 
     async def revoke_client_families(self, client_id: str, at: float, reason: str) -> int:
