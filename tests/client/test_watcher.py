@@ -672,3 +672,15 @@ async def test_a_published_key_is_known_to_the_watcher_before_it_signs(
 
     kinds = [(event_type(e), e.key.kid) for e in applied]
     assert kinds.index(("KEY_PUBLISHED", new)) < kinds.index(("KEY_ACTIVATED", new))
+
+
+async def test_a_named_watcher_is_listed_in_the_rotation_status(rotor: Any, ops: Any) -> None:
+    """KeySetWatcher(name=...) sends x-rotor-watcher: Rotor lists it with the sequence it was sent."""
+    from rotor.v1 import key_admin_pb2
+
+    async with KeySetWatcher(rotor.address, name="billing-api") as watcher:
+        status = await rotor.admin.GetRotationStatus(
+            key_admin_pb2.GetRotationStatusRequest(), metadata=ops.metadata, timeout=10
+        )
+        (listed,) = [w for w in status.watchers if w.name == "billing-api"]
+        assert listed.sent_sequence == watcher.sequence == status.latest_sequence

@@ -73,7 +73,10 @@ class KeySetWatcher:
         metadata: Sequence[tuple[str, str]] = (),
         start_timeout: float = 10.0,
         fetch_cooldown: float = 5.0,
+        name: str = "",
     ) -> None:
+        """`name` (metadata x-rotor-watcher) lists this watcher in Rotor's GetRotationStatus, and
+        with activation_requires_ack a new key waits until it has been sent to it."""
         if max_staleness <= 0:
             raise ValueError("max_staleness must be positive (seconds)")
         self.target = target
@@ -83,7 +86,7 @@ class KeySetWatcher:
         self.key_cache.on_unknown_kid = self._on_unknown_kid
         self._credentials = channel_credentials
         self._on_change = on_change
-        self._metadata = tuple(metadata)
+        self._metadata = (*metadata, *((("x-rotor-watcher", name),) if name else ()))
         self._start_timeout = start_timeout
         self._fetch_cooldown = fetch_cooldown
         self._keyset: keys_pb2.KeySet | None = None
