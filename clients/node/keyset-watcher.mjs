@@ -110,6 +110,8 @@ export class KeySetWatcher extends EventEmitter {
     this.revokedKids = new Map();
     /** @type {Map<string, number>} jti -> the token's exp (Unix seconds) */
     this.revokedJtis = new Map();
+    /** @type {Map<string, number>} client_id -> its tokens issued (iat) before this are revoked */
+    this.clientRevocations = new Map();
     this.issuer = '';
     this.keyset = null; // the newest KeySet installed
     this.keysetSequence = 0n;
@@ -313,6 +315,9 @@ export class KeySetWatcher extends EventEmitter {
         return;
       case 'KEY_EVENT_TYPE_SNAPSHOT':
         this.revokedJtis = new Map(event.revoked_tokens.map((r) => [r.jti, seconds(r.expires_at)]));
+        this.clientRevocations = new Map(
+          (event.client_revocations ?? []).map((c) => [c.client_id, seconds(c.not_before)]),
+        );
         this._sincePrune = 0;
         break;
       case 'KEY_EVENT_TYPE_KEY_REVOKED':
@@ -320,6 +325,12 @@ export class KeySetWatcher extends EventEmitter {
         break;
       case 'KEY_EVENT_TYPE_TOKEN_REVOKED':
         if (event.revoked_token) this._revokeJti(event.revoked_token.jti, seconds(event.revoked_token.expires_at));
+        break;
+      case 'KEY_EVENT_TYPE_CLIENT_REVOKED':
+        if (event.client_revocation) {
+          const { client_id: clientId, not_before: notBefore } = event.client_revocation;
+          this.clientRevocations.set(clientId, Math.max(seconds(notBefore), this.clientRevocations.get(clientId) ?? 0));
+        }
         break;
       default:
         break;

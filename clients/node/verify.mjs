@@ -153,6 +153,13 @@ export class Verifier {
     if (watcher.revokedJtis.has(payload.jti)) {
       throw new TokenError('TOKEN_REVOKED', `the token ${short(payload.jti, 32)} was revoked at Rotor; the caller must obtain a new token`);
     }
+    const notBefore = watcher.clientRevocations.get(payload.client_id);
+    if (notBefore !== undefined && payload.iat < notBefore) {
+      throw new TokenError(
+        'TOKEN_REVOKED',
+        `every token of client ${short(payload.client_id, 64)} issued before ${new Date(notBefore * 1000).toISOString()} was revoked at Rotor; the caller must obtain a new token`,
+      );
+    }
     const scopes = typeof payload.scope === 'string' ? payload.scope.split(' ').filter(Boolean) : [];
     const missing = this.requiredScopes.filter((s) => !scopes.includes(s));
     if (missing.length > 0) {

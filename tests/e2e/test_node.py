@@ -221,3 +221,20 @@ def test_rotation_and_key_revocation_apply_without_a_restart(stack: Stack) -> No
     stack.until(old.access_token, 401, "KEY_REVOKED")
     assert stack.get(new.access_token)[0] == 200
     assert stack.proc.poll() is None, "the Node service restarted or died"
+
+
+def test_a_clients_tokens_revoked_at_rotor_are_refused(stack: Stack) -> None:
+    """RevokeClientTokens reaches the Node verifier too: the client's earlier tokens are refused."""
+    from rotor.v1 import key_admin_pb2
+
+    other = stack.rotor.add_client("app-revoked", "--audience", AUDIENCE, "--scope", "x")
+    request = rotor_client.IssueRequest(audience=[AUDIENCE], scope=["x"])
+    token = stack.rotor.tokens().Issue(request, metadata=basic(other), timeout=10).access_token
+    assert stack.get(token)[0] == 200
+    stack.rotor.admin().RevokeClientTokens(
+        key_admin_pb2.RevokeClientTokensRequest(client_id="app-revoked", reason="test"),
+        metadata=basic(stack.ops),
+        timeout=10,
+    )
+    stack.until(token, 401, "TOKEN_REVOKED")
+    assert stack.get(stack.issue().access_token)[0] == 200  # another client's tokens still pass
