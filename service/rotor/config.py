@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rotor.core.validation import TENANT
+
 ALGORITHMS = ("EdDSA", "ES256", "ES384", "PS256", "RS256")
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
@@ -214,9 +216,6 @@ def config_from_dict(doc: dict[str, Any]) -> Config:
     return config
 
 
-TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")  # as rotor.core.validation.TENANT
-
-
 def _names(key: str, line: str) -> bool:
     """Whether `line` names config key `key` (whole key names only: keys.rsa is not keys.rsa_bits)."""
     return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", line) is not None
@@ -309,7 +308,7 @@ def policy_violations(config: Config) -> list[str]:
     if k.max_ack_wait < 0:
         out.append("keys.max_ack_wait: must not be negative")
     for name, tenant in config.tenants.items():
-        if not TENANT_NAME.fullmatch(name):
+        if not TENANT.fullmatch(name):
             out.append(f"tenants.{name[:40]}: a tenant name is 1-128 letters, digits, '.', '-' or '_'")
         if tenant.algorithm and tenant.algorithm not in ALGORITHMS:
             out.append(

@@ -10,6 +10,7 @@ and the access tokens it gets are bound to it (`cnf.x5t#S256`).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ssl
 from collections.abc import Iterable, Mapping
@@ -83,7 +84,12 @@ def peer_certificate(auth_context: Mapping[str, Iterable[bytes]]) -> PeerCertifi
     pems = list(auth_context.get("x509_pem_cert") or ())
     if not pems:
         return None
-    pem = pems[0] if isinstance(pems[0], bytes) else str(pems[0]).encode()
+    return _described(pems[0] if isinstance(pems[0], bytes) else str(pems[0]).encode())
+
+
+@functools.lru_cache(maxsize=1024)
+def _described(pem: bytes) -> PeerCertificate:
+    """A certificate's URI SANs and thumbprint, parsed once per certificate (clients call again and again)."""
     cert = x509.load_pem_x509_certificate(pem)
     der = cert.public_bytes(Encoding.DER)
     thumbprint = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")

@@ -21,7 +21,6 @@ from types import TracebackType
 from typing import Any, Self
 
 import grpc
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
@@ -29,6 +28,7 @@ from rotor.v1 import token_service_pb2
 from rotor.v1.token_service_pb2_grpc import TokenServiceStub
 
 from rotor_client._auth import basic_auth
+from rotor_client._proto import seconds
 from rotor_client.errors import TokenRequestFailed
 
 log = logging.getLogger("rotor_client")
@@ -45,10 +45,6 @@ class _Grant:
     access_token: str
     expires_at: float
     renew_at: float
-
-
-def _seconds(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
 
 
 def _reason(error: grpc.RpcError) -> str:
@@ -237,7 +233,7 @@ class TokenClient:
 
     def _adopt(self, response: token_service_pb2.TokenResponse) -> str:
         now = self._clock()
-        expires_at = _seconds(response.expires_at)
+        expires_at = seconds(response.expires_at)
         self._grant = _Grant(response.access_token, expires_at, now + max(0.0, expires_at - now) * RENEW_AT)
         with self._hand_out:
             self._refresh_token = response.refresh_token

@@ -156,6 +156,15 @@ def _b64(part: str) -> bytes:
         raise MalformedToken("the token's signature is not base64url") from None
 
 
+def _require(needed: Iterable[str], granted: Iterable[str]) -> None:
+    missing = set(needed).difference(granted)
+    if missing:
+        raise InsufficientScope(
+            f"the token lacks the scope {' '.join(sorted(missing))}; the caller must request "
+            "it when obtaining the token (and be registered for it)"
+        )
+
+
 def _utc(instant: float) -> str:
     return datetime.fromtimestamp(instant, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -379,21 +388,11 @@ class Verifier:
             )
         if self.required_scopes:
             scope = claims.get("scope", "")
-            missing = self.required_scopes.difference(scope.split() if isinstance(scope, str) else ())
-            if missing:
-                raise InsufficientScope(
-                    f"the token lacks the scope {' '.join(sorted(missing))}; the caller must request "
-                    "it when obtaining the token (and be registered for it)"
-                )
+            _require(self.required_scopes, scope.split() if isinstance(scope, str) else ())
 
     def require_scopes(self, claims: Claims, scopes: Iterable[str]) -> None:
         """Raise InsufficientScope unless `claims` grant every scope in `scopes`."""
-        missing = set(scopes).difference(claims.scopes)
-        if missing:
-            raise InsufficientScope(
-                f"the token lacks the scope {' '.join(sorted(missing))}; the caller must request "
-                "it when obtaining the token (and be registered for it)"
-            )
+        _require(scopes, claims.scopes)
 
     def _check_binding(self, claims: dict[str, Any], peer_certificate: PeerCertificate | None) -> None:
         cnf = claims.get("cnf")

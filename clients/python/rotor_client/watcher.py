@@ -30,12 +30,12 @@ from types import TracebackType
 from typing import Any, Self
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
 from grpc import aio
 from rotor.v1 import keys_pb2, token_service_pb2
 from rotor.v1.token_service_pb2_grpc import TokenServiceStub
 
 from rotor_client._keys import KeyCache
+from rotor_client._proto import seconds
 from rotor_client.errors import KeySetStale
 
 log = logging.getLogger("rotor_client")
@@ -46,10 +46,6 @@ BACKOFF_MAX = 30.0
 IDLE_TIMEOUT = 50.0  # no message (Rotor sends a heartbeat every 15 s at most) -> the stream is dead
 RPC_TIMEOUT = 10.0
 MIN_POLL_INTERVAL = 1.0
-
-
-def _seconds(ts: timestamp_pb2.Timestamp | duration_pb2.Duration) -> float:
-    return ts.seconds + ts.nanos / 1e9
 
 
 def backoff(failures: int) -> float:
@@ -253,18 +249,18 @@ class KeySetWatcher:
         if kind == keys_pb2.KEY_EVENT_TYPE_HEARTBEAT:
             return
         if kind == keys_pb2.KEY_EVENT_TYPE_SNAPSHOT:
-            cache.replace_revoked_jtis((r.jti, _seconds(r.expires_at)) for r in event.revoked_tokens)
+            cache.replace_revoked_jtis((r.jti, seconds(r.expires_at)) for r in event.revoked_tokens)
             cache.replace_client_revocations(
-                (c.client_id, _seconds(c.not_before)) for c in event.client_revocations
+                (c.client_id, seconds(c.not_before)) for c in event.client_revocations
             )
         elif kind == keys_pb2.KEY_EVENT_TYPE_KEY_REVOKED:
             revoked_at = event.key.revoked_at if event.key.HasField("revoked_at") else event.occurred_at
-            cache.revoke_key(event.key.kid, _seconds(revoked_at))
+            cache.revoke_key(event.key.kid, seconds(revoked_at))
         elif kind == keys_pb2.KEY_EVENT_TYPE_TOKEN_REVOKED:
-            cache.revoke_jti(event.revoked_token.jti, _seconds(event.revoked_token.expires_at))
+            cache.revoke_jti(event.revoked_token.jti, seconds(event.revoked_token.expires_at))
         elif kind == keys_pb2.KEY_EVENT_TYPE_CLIENT_REVOKED:
             revocation = event.client_revocation
-            cache.revoke_client(revocation.client_id, _seconds(revocation.not_before))
+            cache.revoke_client(revocation.client_id, seconds(revocation.not_before))
         if event.HasField("keyset") and cache.install(event.keyset):
             self._keyset = event.keyset
             self._ready.set()
@@ -294,7 +290,7 @@ class KeySetWatcher:
         else:
             self.key_cache.touch()
         if keyset.HasField("max_cache_age"):
-            self._poll_interval = max(MIN_POLL_INTERVAL, _seconds(keyset.max_cache_age))
+            self._poll_interval = max(MIN_POLL_INTERVAL, seconds(keyset.max_cache_age))
         self._ready.set()
         return True
 

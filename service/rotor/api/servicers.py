@@ -278,7 +278,9 @@ class KeyAdminServicer:
             )
         return client
 
-    async def _audit_refusal(self, actor: str, rpc: str, reason: str, context: Context) -> None:
+    async def _audit_refusal(
+        self, actor: str, rpc: str, reason: str, context: Context, tenant: str = "", **details: str
+    ) -> None:
         async with self._store.transaction() as tx:
             await tx.append_audit(
                 self._clock.now(),
@@ -286,24 +288,17 @@ class KeyAdminServicer:
                 "admin.denied",
                 rpc,
                 "denied",
-                "",
-                audit.details(reason=reason, peer=context.peer()),
+                tenant,
+                audit.details(reason=reason, peer=context.peer(), **details),
             )
 
     async def _within(self, admin: Client, tenant: str, rpc: str, context: Context) -> str:
         """`tenant`, if the admin may manage it: an admin of a tenant manages only that tenant (an
         admin of the default tenant manages every one). A refusal is audited."""
         if admin.tenant and admin.tenant != tenant:
-            async with self._store.transaction() as tx:
-                await tx.append_audit(
-                    self._clock.now(),
-                    admin.client_id,
-                    "admin.denied",
-                    rpc,
-                    "denied",
-                    tenant,
-                    audit.details(reason="TENANT_SCOPE", admin_tenant=admin.tenant),
-                )
+            await self._audit_refusal(
+                admin.client_id, rpc, "TENANT_SCOPE", context, tenant, admin_tenant=admin.tenant
+            )
             raise AdminRequired(
                 f"client {admin.client_id!r} is an admin of tenant {admin.tenant!r} only; it cannot manage "
                 f"tenant {tenant[:64]!r}: use an admin of that tenant, or of the default tenant"

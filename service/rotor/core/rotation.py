@@ -59,6 +59,7 @@ class Rotator:
         self._lease_ttl = lease_ttl
         self._holder = holder_name()
         self.lease: Lease | None = None  # set while this process runs the schedule
+        self._renewed_at = 0.0
         self.failed_ticks = 0  # ticks that raised (the store away, say): rotor_rotator_failures_total
 
     async def tick(self) -> float | None:
@@ -85,7 +86,10 @@ class Rotator:
         return next_at
 
     async def _renew_lease(self) -> Lease | None:
-        fencing = await self._store.acquire_lease(LEASE, self._holder, self._lease_ttl, self._clock.now())
+        now = self._clock.now()
+        if self.lease is not None and now - self._renewed_at < self._lease_ttl / 3:
+            return self.lease  # renewed moments ago: not a store write (an fsync) at every tick
+        fencing = await self._store.acquire_lease(LEASE, self._holder, self._lease_ttl, now)
         if fencing is None:
             if self.lease is not None:
                 log.warning("another process took the rotator lease; this one stops rotating keys")
@@ -94,6 +98,7 @@ class Rotator:
         if self.lease is None or self.lease.fencing != fencing:
             log.info("this process runs key rotation now (lease %s, fencing token %d)", self._holder, fencing)
         self.lease = Lease(LEASE, self._holder, fencing)
+        self._renewed_at = now
         return self.lease
 
     def start(self) -> None:

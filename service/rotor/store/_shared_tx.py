@@ -1,13 +1,16 @@
-"""Transaction methods both SQL backends share: writes by rotor.store._sql's statements.
+"""What both SQL backends do alike, by rotor.store._sql's statements.
 
-Mixed into each backend's transaction class, whose `_one`, `_count` and
-`_changed` run those statements in that backend's dialect; what differs
-(event sequences, key locks, leases, row locks on reads) stays in each backend.
+`SharedReads` and `SharedTx` are mixed into each backend's read and
+transaction classes, whose `_one`, `_all`, `_count` and `_changed` run those
+statements in that backend's dialect; `SharedStore` into each store, for its
+own write transactions. What differs (event sequences, key locks, lease
+checks, row locks on reads) stays in each backend.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from rotor.core.audit import chain_hash
@@ -153,3 +156,33 @@ class SharedTx(SharedReads):
 
     async def put_client_revocation(self, revocation: ClientRevocation) -> None:
         await self._changed(_sql.UPSERT_CLIENT_REVOCATION, rows.client_revocation_values(revocation))
+
+
+class SharedStore:
+    """Store methods that are one write transaction of shared statements."""
+
+    def transaction(self) -> AbstractAsyncContextManager[SharedTx]:
+        raise NotImplementedError  # the backend's
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> int | None:
+        async with self.transaction() as tx:
+            row = await tx._one(_sql.LEASE_UPSERT, (name, holder, now + ttl, now))
+        return int(row[0]) if row else None
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        async with self.transaction() as tx:
+            await tx._changed(_sql.RELEASE_LEASE, (name, holder))
+
+    async def prune(self, now: float, event_horizon: float) -> int:
+        removed = 0
+        async with self.transaction() as tx:
+            for sql, at in (
+                *((sql, now) for sql in _sql.PRUNE_EXPIRED),
+                (_sql.PRUNE_OPERATIONS, now - _sql.OPERATION_RETENTION),
+            ):
+                removed += await tx._count(sql, (at,))
+            doomed = await tx._one(_sql.PRUNABLE_THROUGH, (event_horizon,))
+            if doomed and doomed[0] is not None:
+                removed += await tx._count(_sql.PRUNE_EVENTS, (doomed[0],))
+                await tx._changed(_sql.RAISE_PRUNED_THROUGH, (doomed[0],))
+        return removed

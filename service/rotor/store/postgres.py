@@ -47,7 +47,7 @@ from rotor.core.model import (
     StoredEvent,
 )
 from rotor.store import AlreadyExists, Unavailable, _sql, rows
-from rotor.store._shared_tx import SharedReads, SharedTx
+from rotor.store._shared_tx import SharedReads, SharedStore, SharedTx
 
 log = logging.getLogger("rotor.store.postgres")
 
@@ -197,7 +197,7 @@ class _PostgresTx(_Reads, SharedTx):
         return row is not None
 
 
-class PostgresStore:
+class PostgresStore(SharedStore):
     """The PostgreSQL implementation of rotor.store.Store."""
 
     def __init__(self, url: str) -> None:
@@ -415,31 +415,6 @@ class PostgresStore:
     async def pruned_through(self) -> int:
         row = await self._pooled()._one(_sql.PRUNED_THROUGH)
         return int(row[0])
-
-    # -- writes outside a caller's transaction -------------------------------
-
-    async def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> int | None:
-        async with self.transaction() as tx:
-            row = await tx._one(_sql.LEASE_UPSERT, (name, holder, now + ttl, now))
-        return int(row[0]) if row else None
-
-    async def release_lease(self, name: str, holder: str) -> None:
-        async with self.transaction() as tx:
-            await tx._changed(_sql.RELEASE_LEASE, (name, holder))
-
-    async def prune(self, now: float, event_horizon: float) -> int:
-        removed = 0
-        async with self.transaction() as tx:
-            for sql, at in (
-                *((sql, now) for sql in _sql.PRUNE_EXPIRED),
-                (_sql.PRUNE_OPERATIONS, now - _sql.OPERATION_RETENTION),
-            ):
-                removed += await tx._count(sql, (at,))
-            doomed = await tx._one(_sql.PRUNABLE_THROUGH, (event_horizon,))
-            if doomed and doomed[0] is not None:
-                removed += await tx._count(_sql.PRUNE_EVENTS, (doomed[0],))
-                await tx._changed(_sql.RAISE_PRUNED_THROUGH, (doomed[0],))
-        return removed
 
 
 async def _until_lost(conn: asyncpg.Connection, lost: asyncio.Event) -> None:

@@ -30,7 +30,7 @@ from rotor.core.model import (
     StoredEvent,
 )
 from rotor.store import AlreadyExists, Unavailable, _sql, rows
-from rotor.store._shared_tx import SharedReads, SharedTx
+from rotor.store._shared_tx import SharedReads, SharedStore, SharedTx
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -137,7 +137,7 @@ async def _connect(path: Path, opened: list[aiosqlite.Connection]) -> aiosqlite.
     return conn
 
 
-class SqliteStore:
+class SqliteStore(SharedStore):
     """The SQLite implementation of rotor.store.Store."""
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
@@ -313,29 +313,6 @@ class SqliteStore:
     async def pruned_through(self) -> int:
         row = await self._read(self._reads._one, _sql.PRUNED_THROUGH)
         return int(row[0])
-
-    async def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> int | None:
-        async with self.transaction() as tx:
-            row = await tx._one(_sql.LEASE_UPSERT, (name, holder, now + ttl, now))
-        return int(row[0]) if row else None
-
-    async def release_lease(self, name: str, holder: str) -> None:
-        async with self.transaction() as tx:
-            await tx._changed(_sql.RELEASE_LEASE, (name, holder))
-
-    async def prune(self, now: float, event_horizon: float) -> int:
-        removed = 0
-        async with self.transaction() as tx:
-            for sql, at in (
-                *((sql, now) for sql in _sql.PRUNE_EXPIRED),
-                (_sql.PRUNE_OPERATIONS, now - _sql.OPERATION_RETENTION),
-            ):
-                removed += await tx._count(sql, (at,))
-            doomed = await tx._one(_sql.PRUNABLE_THROUGH, (event_horizon,))
-            if doomed and doomed[0] is not None:
-                removed += await tx._count(_sql.PRUNE_EVENTS, (doomed[0],))
-                await tx._changed(_sql.RAISE_PRUNED_THROUGH, (doomed[0],))
-        return removed
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
