@@ -135,7 +135,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         argv = ["serve", "--dev"] if args.dev else ["serve", "--config", args.config]
         return Supervisor([*argv, "--workers", str(args.workers)], args.workers).run()
     # a worker shares the port; only the first prints the dev banner (it resets the demo secret)
-    return asyncio.run(_serve(config, args.dev and index in (None, 0), reuse_port=index is not None))
+    from rotor import loop
+
+    return loop.run(_serve(config, args.dev and index in (None, 0), reuse_port=index is not None))
 
 
 # -- clients ---------------------------------------------------------------------
