@@ -20,13 +20,8 @@ from rotor.api import reflection
 from rotor.api.auth import CallerAuth
 from rotor.api.convert import KeySetEncoder
 from rotor.api.http import HttpSide, KeySetSource
-from rotor.api.servicers import (
-    HEARTBEAT_INTERVAL,
-    KeyAdminServicer,
-    KeySetCache,
-    TokenServicer,
-    WatcherLimits,
-)
+from rotor.api.limits import AuthBackoff, RateLimiter, WatcherLimits
+from rotor.api.servicers import HEARTBEAT_INTERVAL, KeyAdminServicer, KeySetCache, TokenServicer
 from rotor.clock import Clock, SystemClock
 from rotor.config import Config
 from rotor.core.clients import Authenticator
@@ -51,9 +46,7 @@ MAX_METADATA = 8 * 1024
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_metadata_size", MAX_METADATA),
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # clients' pings, at most this often
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 POLL = 0.5  # seconds between looks at the event log for other processes' writes
@@ -68,6 +61,20 @@ def key_policy(config: Config) -> KeyPolicy:
         max_access_ttl=t.max_access_ttl,
         clock_skew=k.clock_skew,
     )
+
+
+def server_options(config: Config, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """gRPC server options: size limits, and [limits]' keepalive and idle timeouts."""
+    limits = config.limits
+    return [
+        *GRPC_OPTIONS,
+        ("grpc.keepalive_time_ms", round(limits.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", round(limits.keepalive_timeout * 1000)),
+        ("grpc.http2.ping_timeout_ms", round(limits.keepalive_timeout * 1000)),  # what enforces it
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle watcher's connection
+        ("grpc.max_connection_idle_ms", round(limits.idle_timeout * 1000)),
+        ("grpc.so_reuseport", int(reuse_port)),
+    ]
 
 
 class RotorServer:
@@ -179,9 +186,14 @@ class RotorServer:
         self.rotator.start()
         self._running.push_async_callback(self.rotator.stop)
 
-        options = [*GRPC_OPTIONS, ("grpc.so_reuseport", int(self._reuse_port))]
-        self.server = aio.server(options=options)
-        auth = CallerAuth(Authenticator(self.store, self.clock))
+        self.server = aio.server(options=server_options(config, self._reuse_port))
+        limits = config.limits
+        auth = CallerAuth(Authenticator(self.store, self.clock), AuthBackoff(self.clock))
+        self.watcher_limits = WatcherLimits(limits.watchers_per_client, limits.max_watchers)
+        rates = (
+            RateLimiter("Issue", limits.issue_rate, limits.issue_burst, self.clock),
+            RateLimiter("Refresh", limits.refresh_rate, limits.refresh_burst, self.clock),
+        )
         self.server.add_generic_rpc_handlers(
             (
                 TokenServicer(
@@ -192,10 +204,12 @@ class RotorServer:
                     self.hub,
                     self.encoder,
                     self.clock,
-                    WatcherLimits(),
+                    self.watcher_limits,
+                    rates,
                     self._heartbeat_interval,
                     self.metrics,
                     self.watchers,
+                    limits.write_timeout,
                 ).handler(),
                 KeyAdminServicer(
                     auth, self.keys, self.tokens, self.store, self.watchers, self.clock, self.metrics

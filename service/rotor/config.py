@@ -85,6 +85,22 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Per-process caps on what one caller may ask for (a rate of 0 turns that limit off)."""
+
+    issue_rate: float = 200.0  # Issue calls per second per client, sustained...
+    issue_burst: int = 400  # ...and at once after a quiet spell
+    refresh_rate: float = 200.0
+    refresh_burst: int = 400
+    watchers_per_client: int = 100  # WatchKeyRotations streams per client (or per address, anonymous)
+    max_watchers: int = 20_000  # streams in all
+    keepalive_time: float = 60.0  # the server pings a connection quiet this long...
+    keepalive_timeout: float = 20.0  # ...and drops it when the ping is not answered in time
+    idle_timeout: float = 600.0  # a connection with no call for this long is closed
+    write_timeout: float = 10.0  # a watcher that takes no message for this long is cut off
+
+
+@dataclass(frozen=True, slots=True)
 class TenantConfig:
     algorithm: str = ""  # "" = [keys] algorithm
 
@@ -102,6 +118,7 @@ class Config:
     tokens: TokensConfig = field(default_factory=TokensConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     tenants: dict[str, TenantConfig] = field(default_factory=dict)  # [tenants.NAME]: per-tenant settings
 
     @property
@@ -145,6 +162,18 @@ _SCHEMA: dict[str, dict[str, str]] = {
     },
     "tls": {"cert_file": "str", "key_file": "str", "client_ca_file": "str", "require_client_cert": "bool"},
     "cluster": {"lease_ttl": "duration", "pool_size": "int"},
+    "limits": {
+        "issue_rate": "number",
+        "issue_burst": "int",
+        "refresh_rate": "number",
+        "refresh_burst": "int",
+        "watchers_per_client": "int",
+        "max_watchers": "int",
+        "keepalive_time": "duration",
+        "keepalive_timeout": "duration",
+        "idle_timeout": "duration",
+        "write_timeout": "duration",
+    },
 }
 _TENANT_SCHEMA = {"algorithm": "str"}  # each [tenants.NAME] table
 
@@ -159,13 +188,19 @@ def _convert(name: str, kind: str, raw: Any, violations: list[str]) -> Any:
         except ValueError as e:
             violations.append(f"{name}: {e}")
             return None
-    expected = {"str": str, "bool": bool, "int": int}[kind]
-    if not isinstance(raw, expected) or (kind == "int" and isinstance(raw, bool)):
-        violations.append(
-            f"{name}: must be {'a string' if kind == 'str' else 'an integer' if kind == 'int' else 'true or false'}, not {raw!r}"
-        )
+    expected, what = _KINDS[kind]
+    if not isinstance(raw, expected) or (kind in ("int", "number") and isinstance(raw, bool)):
+        violations.append(f"{name}: must be {what}, not {raw!r}")
         return None
-    return raw
+    return float(raw) if isinstance(raw, int | float) and kind == "number" else raw
+
+
+_KINDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "str": (str, "a string"),
+    "int": (int, "an integer"),
+    "number": ((int, float), "a number"),
+    "bool": (bool, "true or false"),
+}
 
 
 def config_from_dict(doc: dict[str, Any]) -> Config:
@@ -205,6 +240,7 @@ def config_from_dict(doc: dict[str, Any]) -> Config:
         tokens=TokensConfig(**values["tokens"]),
         tls=TlsConfig(**values["tls"]),
         cluster=ClusterConfig(**values["cluster"]),
+        limits=LimitsConfig(**values["limits"]),
         tenants=tenants,
     )
     # a key that failed to parse keeps its default: rules naming it would judge that default, so
@@ -322,6 +358,27 @@ def policy_violations(config: Config) -> list[str]:
         out.append("cluster.lease_ttl: must be at least 1s")
     if not 1 <= config.cluster.pool_size <= 1000:
         out.append(f"cluster.pool_size: {config.cluster.pool_size} is outside 1..1000")
+    return out + _limits_violations(config.limits)
+
+
+def _limits_violations(limits: LimitsConfig) -> list[str]:
+    out = []
+    for kind in ("issue", "refresh"):
+        rate, burst = getattr(limits, f"{kind}_rate"), getattr(limits, f"{kind}_burst")
+        if rate < 0:
+            out.append(f"limits.{kind}_rate: must not be negative (0 turns the limit off)")
+        elif rate > 0 and burst < 1:
+            out.append(f"limits.{kind}_burst: must be at least 1 while limits.{kind}_rate is on")
+    if limits.watchers_per_client < 1:
+        out.append("limits.watchers_per_client: must be at least 1")
+    if limits.max_watchers < limits.watchers_per_client:
+        out.append(
+            f"limits.max_watchers ({limits.max_watchers}) must be at least limits.watchers_per_client "
+            f"({limits.watchers_per_client})"
+        )
+    for name in ("keepalive_time", "keepalive_timeout", "idle_timeout", "write_timeout"):
+        if getattr(limits, name) < 0.01:
+            out.append(f"limits.{name}: must be at least 10ms")
     return out
 
 

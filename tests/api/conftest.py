@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from rotor.app import RotorServer
-from rotor.config import Config, TenantConfig, TlsConfig
+from rotor.config import Config, LimitsConfig, TenantConfig, TlsConfig
 
 from .support import BASE_KEYS, BASE_TOKENS, ISSUER, Credentials, Rotor
 
@@ -23,7 +23,8 @@ MakeRotor = Callable[..., Awaitable[Rotor]]
 
 @pytest.fixture
 async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeRotor]:
-    """Factory: await make_rotor(keys={...}, tokens={...}, http_listen=..., tenants={...}, **RotorServer options) -> a started Rotor."""
+    """Factory: await make_rotor(keys={...}, tokens={...}, limits={...}, http_listen=..., tenants={...},
+    **RotorServer options) -> a started Rotor."""
     monkeypatch.delenv("ROTOR_KEK", raising=False)  # the key file under data_dir, as the tests expect
     started: list[Rotor] = []
 
@@ -34,6 +35,7 @@ async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         http_listen: str = "",
         tls: TlsConfig | None = None,
         tenants: dict[str, TenantConfig] | None = None,
+        limits: dict[str, Any] | None = None,
         **server_options: Any,
     ) -> Rotor:
         config = Config(
@@ -45,6 +47,7 @@ async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
             keys=replace(BASE_KEYS, **(keys or {})),
             tokens=replace(BASE_TOKENS, **(tokens or {})),
             tenants=tenants or {},
+            limits=LimitsConfig(**(limits or {})),
         )
         server = RotorServer(config, **server_options)
         await server.start()

@@ -133,6 +133,12 @@ def test_values_in_the_file_override_the_defaults(tmp_path: Path) -> None:
     assert config.keys.publish_lead == 600.0
 
 
+def test_limits_take_rates_as_integers_or_fractions_and_zero_turns_one_off() -> None:
+    config = config_from_dict({"limits": {"issue_rate": 2.5, "refresh_rate": 0, "refresh_burst": 0}})
+    assert (config.limits.issue_rate, config.limits.refresh_rate) == (2.5, 0.0)
+    assert config_from_dict({"limits": {"issue_rate": 10}}).limits.issue_rate == 10.0
+
+
 def violations(doc: dict[str, Any]) -> list[str]:
     with pytest.raises(ConfigError) as raised:
         config_from_dict(doc)
@@ -182,6 +188,18 @@ def violations(doc: dict[str, Any]) -> list[str]:
         pytest.param({"tokens": {"access_ttl": "5 min"}}, "tokens.access_ttl", id="bad-duration"),
         pytest.param({"issuer": 5}, "issuer", id="string-as-int"),
         pytest.param({"keys": "EdDSA"}, "keys", id="table-as-string"),
+        pytest.param({"limits": {"issue_rate": -1}}, "limits.issue_rate", id="negative-rate"),
+        pytest.param({"limits": {"issue_rate": "10"}}, "limits.issue_rate", id="rate-as-string"),
+        pytest.param({"limits": {"refresh_rate": True}}, "limits.refresh_rate", id="rate-as-bool"),
+        pytest.param({"limits": {"refresh_burst": 0}}, "limits.refresh_burst", id="zero-burst"),
+        pytest.param({"limits": {"watchers_per_client": 0}}, "limits.watchers_per_client", id="no-watchers"),
+        pytest.param(
+            {"limits": {"watchers_per_client": 50, "max_watchers": 10}},
+            "limits.max_watchers",
+            id="total-under-per-client",
+        ),
+        pytest.param({"limits": {"keepalive_time": "1ms"}}, "limits.keepalive_time", id="keepalive-1ms"),
+        pytest.param({"limits": {"write_timeout": 10}}, "limits.write_timeout", id="timeout-as-int"),
     ],
 )
 def test_each_violation_is_one_line_naming_the_key(doc: dict[str, Any], key: str) -> None:

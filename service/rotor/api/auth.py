@@ -9,6 +9,8 @@ from typing import Any
 
 from grpc import aio
 
+from rotor.api.limits import AuthBackoff, peer_address
+from rotor.clock import SystemClock
 from rotor.core.clients import Authenticator
 from rotor.core.errors import InvalidClient
 from rotor.core.model import Client
@@ -63,8 +65,9 @@ class CallerAuth:
     """Turns a call's credentials into the authenticated Client: Basic credentials in the
     metadata, or else (over mTLS) the client certificate gRPC verified."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, backoff: AuthBackoff | None = None) -> None:
         self._authenticator = authenticator
+        self._backoff = backoff or AuthBackoff(SystemClock())
 
     async def optional(self, context: Context) -> Client | None:
         """The caller, or None for an anonymous one (no Basic credentials, and no client
@@ -72,7 +75,7 @@ class CallerAuth:
         credentials = basic_credentials(context.invocation_metadata())
         client: Client | None = None
         if credentials is not None:
-            client = await self._authenticator.authenticate(*credentials)
+            client = await self._basic(*credentials, peer_address(context.peer()))
         else:
             peer = peer_certificate(context.auth_context())
             if peer is not None:
@@ -80,6 +83,19 @@ class CallerAuth:
         if client is None:
             return None
         caller.set(client.client_id)  # the metrics' and logs' client label
+        return client
+
+    async def _basic(self, client_id: str, secret: str, address: str) -> Client:
+        """The client these Basic credentials belong to, with failures slowing further guesses."""
+        wait = self._backoff.wait(client_id, address)
+        try:
+            client = await self._authenticator.authenticate(client_id, secret, verify=wait <= 0)
+        except InvalidClient:
+            self._backoff.failed(client_id, address)
+            raise
+        if client is None:  # a secret not known good, while guesses for this client or address wait
+            raise self._backoff.refusal(client_id, wait)
+        self._backoff.succeeded(client_id)
         return client
 
     async def require(self, context: Context) -> Client:

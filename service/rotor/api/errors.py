@@ -62,27 +62,39 @@ def status_of(error: e.RotorError) -> grpc.StatusCode:
 
 
 def rich_status(
-    code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str] | None = None
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: dict[str, str] | None = None,
+    retry_after: float | None = None,
 ) -> bytes:
-    """A serialized google.rpc.Status carrying one ErrorInfo."""
+    """A serialized google.rpc.Status carrying an ErrorInfo, and a RetryInfo when the caller
+    should wait `retry_after` seconds before trying again."""
     info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {})
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    details = [any_pb2.Any()]
+    details[0].Pack(info)
+    if retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(int(retry_after * 1e9), 1_000_000))
+        details.append(any_pb2.Any())
+        details[1].Pack(retry)
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
     return bytes(status.SerializeToString())
 
 
-async def abort(context: Context, code: grpc.StatusCode, message: str, reason: str) -> NoReturn:
+async def abort(
+    context: Context, code: grpc.StatusCode, message: str, reason: str, retry_after: float | None = None
+) -> NoReturn:
     failure.set((code.name, reason))  # for the metrics, read where the call ends
-    await context.abort(
-        code, message, trailing_metadata=(("grpc-status-details-bin", rich_status(code, message, reason)),)
-    )
+    details = rich_status(code, message, reason, retry_after=retry_after)
+    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", details),))
     raise AssertionError("unreachable: abort raises")
 
 
 async def abort_with(context: Context, error: e.RotorError) -> NoReturn:
     """End the call with the status, message and reason of a domain error."""
-    await abort(context, status_of(error), error.message, error.error_reason)
+    retry_after = error.retry_after if isinstance(error, e.TooManyRequests) else None
+    await abort(context, status_of(error), error.message, error.error_reason, retry_after)
 
 
 async def abort_internal(context: Context, method: str) -> NoReturn:

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
 from rotor.api.errors import abort, abort_internal, abort_with, failure
-from rotor.core.errors import InvalidRequest, RotorError
+from rotor.core.errors import InvalidRequest, RotorError, WatcherTooSlow
 from rotor.logs import new_request_id, request_id
 from rotor.metrics import Metrics, caller
 from rotor.store import StoreError
@@ -76,8 +76,9 @@ async def _fail(context: Context, error: BaseException, method: str) -> None:
 
 Unary = Callable[[Any, Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Any, Context], AsyncIterator[Any]]
+StreamingWriter = Callable[[Any, Any, Context], Awaitable[None]]
 BoundUnary = Callable[[Any, Context], Awaitable[Any]]
-BoundStreaming = Callable[[Any, Context], AsyncIterator[Any]]
+BoundStreaming = Callable[[Any, Context], Awaitable[None]]
 
 
 def unary(method: Unary) -> Unary:
@@ -96,16 +97,26 @@ def unary(method: Unary) -> Unary:
     return handler
 
 
-def streaming(method: Streaming) -> Streaming:
-    """Map every failure of a server-streaming handler to a status with ErrorInfo."""
+def streaming(method: Streaming) -> StreamingWriter:
+    """A server-streaming handler that writes what `method` yields, each message within
+    `self.write_timeout` seconds: a subscriber that takes nothing for that long (its flow-control
+    window full) is cut off with WATCHER_TOO_SLOW instead of holding the stream forever. Every
+    failure is mapped to a status with ErrorInfo."""
 
     @functools.wraps(method)
-    async def handler(self: Any, request: Any, context: Context) -> AsyncIterator[Any]:
+    async def handler(self: Any, request: Any, context: Context) -> None:
         try:
             _check_decoded(request)
             async for response in method(self, request, context):
-                yield response
-        except (asyncio.CancelledError, aio.AbortError, GeneratorExit):
+                try:
+                    async with asyncio.timeout(self.write_timeout):
+                        await context.write(response)
+                except TimeoutError:
+                    raise WatcherTooSlow(
+                        f"this stream took no data for {self.write_timeout:g} s and was cut off; "
+                        "reconnect with after_sequence set to the last sequence received"
+                    ) from None
+        except (asyncio.CancelledError, aio.AbortError):
             raise
         except Exception as error:
             await _fail(context, error, method.__qualname__)
@@ -137,14 +148,13 @@ def _counted_unary(method: str, fn: BoundUnary, metrics: Metrics) -> BoundUnary:
 def _counted_stream(method: str, fn: BoundStreaming, metrics: Metrics) -> BoundStreaming:
     """`fn`, counted among the open streams, with its outcome recorded."""
 
-    async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+    async def call(request: Any, context: Context) -> None:
         failure.set(("OK", ""))
         caller.set("")
         request_id.set(new_request_id(context.invocation_metadata()))
         metrics.watchers.inc()
         try:
-            async for response in fn(request, context):
-                yield response
+            await fn(request, context)
         finally:
             metrics.watchers.dec()
             code, reason = failure.get()

@@ -6,9 +6,7 @@ converts back. Failures are mapped by the `unary`/`streaming` wrappers.
 
 from __future__ import annotations
 
-import contextlib
-from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -16,6 +14,7 @@ import grpc
 from rotor.api import convert
 from rotor.api.auth import CallerAuth, basic_credentials_or_none, bound_certificate
 from rotor.api.handlers import Context, service, streaming, unary
+from rotor.api.limits import RateLimiter, WatcherLimits
 from rotor.clock import Clock
 from rotor.core import audit, validation
 from rotor.core.errors import (
@@ -24,7 +23,6 @@ from rotor.core.errors import (
     InvalidClient,
     InvalidRequest,
     ShuttingDown,
-    TooManyWatchers,
     WatcherTooSlow,
 )
 from rotor.core.events import EventHub
@@ -37,35 +35,7 @@ from rotor.store import Store
 from rotor.v1 import key_admin_pb2, token_service_pb2
 
 HEARTBEAT_INTERVAL = 10.0  # the contract allows at most 15 s of silence
-
-
-class WatcherLimits:
-    """Caps on open WatchKeyRotations streams: per client, per anonymous peer, and in all."""
-
-    def __init__(self, per_client: int = 100, per_peer: int = 100, total: int = 20_000) -> None:
-        self.per_client, self.per_peer, self.total = per_client, per_peer, total
-        self._open: Counter[str] = Counter()
-        self._count = 0
-
-    @contextlib.contextmanager
-    def hold(self, client: Client | None, peer: str) -> Iterator[None]:
-        who = f"client:{client.client_id}" if client is not None else f"peer:{peer.rsplit(':', 1)[0]}"
-        cap = self.per_client if client is not None else self.per_peer
-        if self._count >= self.total:
-            raise TooManyWatchers("the server holds as many watchers as it allows; retry with backoff")
-        if self._open[who] >= cap:
-            raise TooManyWatchers(
-                f"{who.split(':', 1)[0]} already holds {cap} WatchKeyRotations streams; share one per process"
-            )
-        self._open[who] += 1
-        self._count += 1
-        try:
-            yield
-        finally:
-            self._open[who] -= 1
-            if not self._open[who]:
-                del self._open[who]
-            self._count -= 1
+WRITE_TIMEOUT = 10.0  # a watcher that takes no message for this long is cut off
 
 
 class KeySetCache:
@@ -121,22 +91,30 @@ class TokenServicer:
         encoder: convert.KeySetEncoder,
         clock: Clock,
         limits: WatcherLimits,
+        rates: tuple[RateLimiter, RateLimiter] | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         metrics: Metrics | None = None,
         watchers: WatcherRegistry | None = None,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         self._auth, self._tokens, self._keys, self._store = auth, tokens, keys, store
         self._metrics = metrics
         self._watchers = watchers or WatcherRegistry()
         self._hub, self._encoder, self._clock, self._limits = hub, encoder, clock, limits
+        self._issue_rate, self._refresh_rate = rates or (
+            RateLimiter("Issue", 0, 0, clock),
+            RateLimiter("Refresh", 0, 0, clock),
+        )
         self._keysets = KeySetCache(store, hub, encoder, clock)
         self._heartbeat = heartbeat_interval
+        self.write_timeout = write_timeout  # read by @streaming
 
     @unary
     async def issue(
         self, request: token_service_pb2.IssueRequest, context: Context
     ) -> token_service_pb2.TokenResponse:
         client = await self._auth.require(context)
+        self._issue_rate.take(client.client_id)
         ttl = convert.seconds_of(request.ttl, "ttl") if request.HasField("ttl") else None
         issued = await self._tokens.issue(
             client,
@@ -153,6 +131,7 @@ class TokenServicer:
         self, request: token_service_pb2.RefreshRequest, context: Context
     ) -> token_service_pb2.TokenResponse:
         client = await self._auth.require(context)
+        self._refresh_rate.take(client.client_id)
         issued = await self._tokens.refresh(
             client,
             refresh_token=request.refresh_token,

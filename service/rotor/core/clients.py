@@ -225,6 +225,10 @@ def _cert_san(uri: str) -> str:
     return uri
 
 
+class _NotVerified(Exception):
+    """A secret not verified recently, met where no hashing is allowed."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Verified:
     digest: bytes
@@ -248,17 +252,26 @@ class Authenticator:
         self._verified: dict[tuple[str, str], _Verified] = {}
         self._inflight: dict[tuple[str, str, bytes], asyncio.Future[bool]] = {}
 
-    async def authenticate(self, client_id: str, secret: str) -> Client:
+    async def authenticate(self, client_id: str, secret: str, *, verify: bool = True) -> Client | None:
         """The client these credentials belong to; InvalidClient or ClientDisabled otherwise.
 
         During a secret rotation's overlap the previous secret works too; a secret past its
-        expiry (--expires) does not.
+        expiry (--expires) does not. With `verify` false only a secret that matched recently
+        is checked; any other gives None, having hashed nothing and told nothing.
         """
+        try:
+            return await self._authenticate(client_id, secret, verify)
+        except _NotVerified:
+            return None
+
+    async def _authenticate(self, client_id: str, secret: str, verify: bool) -> Client:
         client = await self._store.get_client(client_id) if len(client_id) <= validation.MAX_NAME else None
         if client is None:
+            if not verify:
+                raise _NotVerified
             raise InvalidClient(_WRONG)
         now = self._clock.now()
-        if await self._secret_matches(client, client.secret_hash, secret):
+        if await self._secret_matches(client, client.secret_hash, secret, verify):
             if client.secret_expires_at is not None and now >= client.secret_expires_at:
                 raise InvalidClient(
                     f"the secret of client {client_id!r} expired; an operator rotates it with "
@@ -268,7 +281,7 @@ class Authenticator:
             client.previous_secret_hash is not None
             and client.previous_secret_expires_at is not None
             and now < client.previous_secret_expires_at
-            and await self._secret_matches(client, client.previous_secret_hash, secret)
+            and await self._secret_matches(client, client.previous_secret_hash, secret, verify)
         ):
             raise InvalidClient(_WRONG)
         if client.disabled:
@@ -290,13 +303,15 @@ class Authenticator:
                 return client
         return None
 
-    async def _secret_matches(self, client: Client, stored_hash: str, secret: str) -> bool:
+    async def _secret_matches(self, client: Client, stored_hash: str, secret: str, verify: bool) -> bool:
         digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
         key = (client.client_id, stored_hash)
         now = self._clock.now()
         hit = self._verified.get(key)
         if hit is not None and now - hit.verified_at < self._ttl and hmac.compare_digest(hit.digest, digest):
             return True
+        if not verify:
+            raise _NotVerified
         flight = (*key, digest)
         pending = self._inflight.get(flight)
         if pending is None:

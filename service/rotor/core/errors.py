@@ -204,9 +204,19 @@ class TooManyWatchers(RotorError):
 
 
 class TooManyRequests(RotorError):
-    """Raised when the server is refusing more work of one kind for now; retry with backoff."""
+    """Raised when the server is refusing more work of one kind for now; retry with backoff,
+    or after `retry_after` seconds when it is known (sent as google.rpc.RetryInfo)."""
 
     reason = "TOO_MANY_REQUESTS"
+
+    def __init__(self, message: str, retry_after: float | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self._reason = reason or self.reason
+
+    @property
+    def error_reason(self) -> str:
+        return self._reason
 
 
 class WatcherTooSlow(RotorError):
