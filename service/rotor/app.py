@@ -24,7 +24,7 @@ from rotor.api.limits import AuthBackoff, RateLimiter, WatcherLimits
 from rotor.api.servicers import HEARTBEAT_INTERVAL, KeyAdminServicer, KeySetCache, TokenServicer
 from rotor.clock import Clock, SystemClock
 from rotor.config import Config
-from rotor.core.clients import Authenticator
+from rotor.core.clients import Authenticator, ClientDirectory
 from rotor.core.crypto import AesGcmSealer, load_kek
 from rotor.core.events import EventHub
 from rotor.core.keys import KeyManager, KeyRing
@@ -188,7 +188,10 @@ class RotorServer:
 
         self.server = aio.server(options=server_options(config, self._reuse_port))
         limits = config.limits
-        auth = CallerAuth(Authenticator(self.store, self.clock), AuthBackoff(self.clock))
+        directory = ClientDirectory(self.store)
+        await directory.start()
+        self._running.push_async_callback(directory.stop)
+        auth = CallerAuth(Authenticator(directory, self.clock), AuthBackoff(self.clock))
         self.watcher_limits = WatcherLimits(limits.watchers_per_client, limits.max_watchers)
         rates = (
             RateLimiter("Issue", limits.issue_rate, limits.issue_burst, self.clock),

@@ -2,19 +2,24 @@
 
 Secrets are stored only as scrypt hashes. Checking scrypt on every call would
 cap throughput, so the `Authenticator` keeps verified credentials for a short
-while, keyed by a SHA-256 of the secret and compared in constant time.
+while, keyed by a SHA-256 of the secret and compared in constant time. A
+server also keeps the client records it has read (`ClientDirectory`), dropped
+whenever the audit log moves: every change to a client is audited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from rotor.clock import Clock
 from rotor.core import audit, validation
@@ -29,6 +34,9 @@ MAX_PENDING_CHECKS = 64  # slow secret checks queued at once; more is a flood, r
 # Slow secret checks get their own threads, so a flood of wrong secrets cannot
 # delay other work that runs in threads (key generation above all).
 _HASHING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rotor-secret-check")
+DIRECTORY_REFRESH = 0.05  # seconds between looks at the audit head for other processes' client changes
+
+log = logging.getLogger("rotor.clients")
 
 
 def new_secret() -> str:
@@ -225,6 +233,85 @@ def _cert_san(uri: str) -> str:
     return uri
 
 
+class ClientReader(Protocol):
+    """Where the Authenticator reads clients: the store, or a ClientDirectory in front of it."""
+
+    async def get_client(self, client_id: str) -> Client | None: ...
+
+    async def get_client_by_cert_san(self, uri: str) -> Client | None: ...
+
+
+class ClientDirectory:
+    """The client records this process has read, so that authenticating a known client reads
+    nothing from the store.
+
+    Every change to a client appends to the audit log in the same transaction, so the records
+    are dropped whenever the log moves: at once for this process's own commits (an audit
+    listener), and within `refresh` seconds for another process's (the CLI, another replica),
+    seen by watching the audit head. Unknown ids are never remembered: a client registered a
+    moment ago is found at once.
+    """
+
+    def __init__(self, store: Store, refresh: float = DIRECTORY_REFRESH) -> None:
+        self._store, self._refresh = store, refresh
+        self._by_id: dict[str, Client] = {}
+        self._by_san: dict[str, Client] = {}
+        self._generation = 0  # bumped on every drop: a read begun before one is not kept
+        self._head = -1
+        self._task: asyncio.Task[None] | None = None
+        store.add_audit_listener(self.clear)
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._by_id.clear()
+        self._by_san.clear()
+
+    async def get_client(self, client_id: str) -> Client | None:
+        client = self._by_id.get(client_id)
+        if client is None:
+            generation = self._generation
+            client = await self._store.get_client(client_id)
+            if client is not None and generation == self._generation and len(self._by_id) < CACHE_SIZE:
+                self._by_id[client_id] = client
+        return client
+
+    async def get_client_by_cert_san(self, uri: str) -> Client | None:
+        client = self._by_san.get(uri)
+        if client is None:
+            generation = self._generation
+            client = await self._store.get_client_by_cert_san(uri)
+            if client is not None and generation == self._generation and len(self._by_san) < CACHE_SIZE:
+                self._by_san[uri] = client
+        return client
+
+    async def start(self) -> None:
+        self._head = (await self._store.audit_head())[0]
+        self._task = asyncio.create_task(self._watch(), name="rotor-client-directory")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self._refresh)
+            try:
+                head = (await self._store.audit_head())[0]
+            except Exception as e:
+                if not failing:
+                    log.warning("cannot read the audit head (%s); client records are read from the store", e)
+                failing = True
+                self.clear()  # while blind to changes, remember nothing
+                continue
+            failing = False
+            if head != self._head:
+                self._head = head
+                self.clear()
+
+
 class _NotVerified(Exception):
     """A secret not verified recently, met where no hashing is allowed."""
 
@@ -245,7 +332,7 @@ class Authenticator:
     a single scrypt run.
     """
 
-    def __init__(self, store: Store, clock: Clock, cache_ttl: float = CACHE_TTL) -> None:
+    def __init__(self, store: ClientReader, clock: Clock, cache_ttl: float = CACHE_TTL) -> None:
         self._store = store
         self._clock = clock
         self._ttl = cache_ttl

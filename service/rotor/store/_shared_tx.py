@@ -9,7 +9,7 @@ checks, row locks on reads) stays in each backend.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -80,6 +80,7 @@ class SharedReads:
 class SharedTx(SharedReads):
     # appended to the head's SELECT where the backend needs a row lock to serialize appenders
     LOCK_HEAD = ""
+    audited = False  # whether this transaction appended an audit entry (set on the instance)
 
     async def _count(self, sql: str, params: Iterable[Any], what: str = "row") -> int:
         raise NotImplementedError
@@ -146,6 +147,7 @@ class SharedTx(SharedReads):
             )
             await self._changed(_sql.INSERT_AUDIT, rows.audit_values(entry), "audit entry")
             await self._changed(_sql.ADVANCE_AUDIT_HEAD, (sequence, digest))
+            self.audited = True
         except StoreError:
             AUDIT_WRITE_FAILURES.count += 1  # the change fails with it (fail closed); operators are alerted
             raise
@@ -159,10 +161,22 @@ class SharedTx(SharedReads):
 
 
 class SharedStore:
-    """Store methods that are one write transaction of shared statements."""
+    """Store methods that are one write transaction of shared statements, and audit listeners."""
+
+    def __init__(self) -> None:
+        self._audit_listeners: list[Callable[[], None]] = []
 
     def transaction(self) -> AbstractAsyncContextManager[SharedTx]:
         raise NotImplementedError  # the backend's
+
+    def add_audit_listener(self, listener: Callable[[], None]) -> None:
+        self._audit_listeners.append(listener)
+
+    def _committed(self, tx: SharedTx) -> None:
+        """Tell the audit listeners of a commit that appended to the audit log."""
+        if tx.audited:
+            for listener in self._audit_listeners:
+                listener()
 
     async def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> int | None:
         async with self.transaction() as tx:

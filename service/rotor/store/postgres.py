@@ -207,6 +207,7 @@ class PostgresStore(SharedStore):
         self._schema = _schema_to_create(query.get("search_path", ""))
         self._pool: asyncpg.Pool | None = None
         self._reads: _Reads | None = None
+        super().__init__()
         self._listeners: list[Callable[[], None]] = []
         self._listener: asyncpg.Connection | None = None  # the connection that LISTENs, while it lives
         self._listening: asyncio.Task[None] | None = None
@@ -340,6 +341,7 @@ class PostgresStore(SharedStore):
                 yield tx
         if tx.appended:
             self._wake()
+        self._committed(tx)
 
     # -- reads -------------------------------------------------------------
 

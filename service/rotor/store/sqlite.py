@@ -147,6 +147,7 @@ class SqliteStore(SharedStore):
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
         self._reads = _Reads(reader)
+        super().__init__()
         self._listeners: list[Callable[[], None]] = []
 
     @classmethod
@@ -186,6 +187,8 @@ class SqliteStore(SharedStore):
                     await self._writer.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as e:
                     raise Unavailable(f"the SQLite store is busy: {e}") from e
+                except sqlite3.Error as e:  # a damaged file: not INTERNAL, and the server goes on
+                    raise Unavailable(f"the SQLite store cannot begin a transaction: {e}") from e
                 yield tx
             except BaseException:
                 await asyncio.shield(self._rollback())
@@ -198,6 +201,7 @@ class SqliteStore(SharedStore):
         if tx.appended:
             for listener in self._listeners:
                 listener()
+        self._committed(tx)
 
     async def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back

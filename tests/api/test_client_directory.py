@@ -1,0 +1,98 @@
+"""The server keeps the client records it has read, yet no change to a client is missed.
+
+Authenticating a known client reads nothing from the store; a change made by this process
+applies to the very next call, and one made by another process on the same store (the CLI,
+another replica) within a fraction of a second; a new client is accepted at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import rotor_client
+from rotor.clock import SystemClock
+from rotor.core.clients import register_client, rotate_secret, set_disabled
+from rotor.store import Store, open_store
+
+from .support import Credentials, Rotor, assert_error, failure
+
+
+@pytest.fixture
+async def other_process(rotor: Rotor) -> AsyncIterator[Store]:
+    """The same SQLite database opened separately, as the CLI or another worker does."""
+    store = await open_store("", rotor.config.sqlite_path)
+    yield store
+    await store.close()
+
+
+async def refused_within(
+    rotor: Rotor, metadata: tuple[tuple[str, str], ...], seconds: float = 2.0
+) -> grpc.aio.AioRpcError:
+    """The error Issue fails with, once it fails; the test fails if it still succeeds after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            await rotor.tokens.Issue(rotor_client.IssueRequest(), metadata=metadata, timeout=10)
+        except grpc.aio.AioRpcError as e:
+            return e
+        assert time.monotonic() < deadline, "the change made elsewhere was not seen in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_known_client_is_authenticated_without_reading_the_store(
+    rotor: Rotor, svc: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await rotor.issue(svc)
+    await asyncio.sleep(0.2)  # past the directory's look at the audit head that registering moved
+    reads = 0
+    real = rotor.server.store.get_client
+
+    async def counted(client_id: str) -> object:
+        nonlocal reads
+        reads += 1
+        return await real(client_id)
+
+    monkeypatch.setattr(rotor.server.store, "get_client", counted)
+    for _ in range(20):
+        await rotor.issue(svc)
+    assert reads == 0
+
+
+async def test_a_client_disabled_by_this_process_is_refused_on_the_next_call(
+    rotor: Rotor, svc: Credentials
+) -> None:
+    await rotor.issue(svc)
+    await set_disabled(rotor.server.store, rotor.server.clock, svc.client_id, True)
+    assert_error(await failure(rotor.issue(svc)), grpc.StatusCode.UNAUTHENTICATED, "CLIENT_DISABLED")
+
+
+async def test_a_client_disabled_by_another_process_is_refused_within_moments(
+    rotor: Rotor, svc: Credentials, other_process: Store
+) -> None:
+    await rotor.issue(svc)
+    await set_disabled(other_process, SystemClock(), svc.client_id, True)
+    assert_error(
+        await refused_within(rotor, svc.metadata), grpc.StatusCode.UNAUTHENTICATED, "CLIENT_DISABLED"
+    )
+
+
+async def test_a_secret_replaced_by_another_process_stops_working_within_moments(
+    rotor: Rotor, svc: Credentials, other_process: Store
+) -> None:
+    await rotor.issue(svc)
+    _, secret = await rotate_secret(other_process, SystemClock(), svc.client_id)
+    assert_error(await refused_within(rotor, svc.metadata), grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT")
+    assert (await rotor.issue(Credentials(svc.client_id, secret))).access_token
+
+
+async def test_a_client_registered_by_another_process_is_accepted_at_once(
+    rotor: Rotor, other_process: Store
+) -> None:
+    unknown = Credentials("newcomer", "not-yet-registered-0123456789")
+    assert_error(await failure(rotor.issue(unknown)), grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT")
+    registration = await register_client(other_process, SystemClock(), "newcomer", audiences=("api",))
+    assert (await rotor.issue(Credentials("newcomer", registration.secret))).access_token
