@@ -242,14 +242,15 @@ class ClientReader(Protocol):
 
 
 class ClientDirectory:
-    """The client records this process has read, so that authenticating a known client reads
-    nothing from the store.
+    """The client records this process has read, so that authenticating a known client does not
+    wait on the store.
 
     Every change to a client appends to the audit log in the same transaction, so the records
-    are dropped whenever the log moves: at once for this process's own commits (an audit
-    listener), and within `refresh` seconds for another process's (the CLI, another replica),
-    seen by watching the audit head. Unknown ids are never remembered: a client registered a
-    moment ago is found at once.
+    are dropped whenever the log moves. Where the store can read the audit head without waiting
+    (SQLite), every lookup checks it first, so another process's change (the CLI, another
+    worker) applies to the very next call. Elsewhere (PostgreSQL) this process's own commits
+    drop the records at once and other processes' within `refresh` seconds. Unknown ids are
+    never remembered: a client registered a moment ago is found at once.
     """
 
     def __init__(self, store: Store, refresh: float = DIRECTORY_REFRESH) -> None:
@@ -266,7 +267,14 @@ class ClientDirectory:
         self._by_id.clear()
         self._by_san.clear()
 
+    def _check_head(self) -> None:
+        head = self._store.audit_sequence_nowait()
+        if head is not None and head != self._head:
+            self._head = head
+            self.clear()
+
     async def get_client(self, client_id: str) -> Client | None:
+        self._check_head()
         client = self._by_id.get(client_id)
         if client is None:
             generation = self._generation
@@ -276,6 +284,7 @@ class ClientDirectory:
         return client
 
     async def get_client_by_cert_san(self, uri: str) -> Client | None:
+        self._check_head()
         client = self._by_san.get(uri)
         if client is None:
             generation = self._generation
@@ -286,7 +295,8 @@ class ClientDirectory:
 
     async def start(self) -> None:
         self._head = (await self._store.audit_head())[0]
-        self._task = asyncio.create_task(self._watch(), name="rotor-client-directory")
+        if self._store.audit_sequence_nowait() is None:
+            self._task = asyncio.create_task(self._watch(), name="rotor-client-directory")
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -171,6 +171,11 @@ class Store(Protocol):
         """Call `listener` after each commit that appended an event."""
         ...
 
+    def audit_sequence_nowait(self) -> int | None:
+        """The audit head's sequence if the backend can read it without waiting (no I/O wait, no
+        thread hop), else None."""
+        ...
+
     def add_audit_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener` after each commit of this process that appended an audit entry (every
         change to a client does). It MUST NOT raise."""

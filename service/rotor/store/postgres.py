@@ -258,6 +258,10 @@ class PostgresStore(SharedStore):
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
+    def audit_sequence_nowait(self) -> int | None:
+        """None: every PostgreSQL read is a round trip (the ClientDirectory polls instead)."""
+        return None
+
     # -- connections -------------------------------------------------------
 
     async def _connect(self) -> asyncpg.Connection:
