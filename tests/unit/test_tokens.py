@@ -67,6 +67,9 @@ ANY_SUBJECT = a_client("gateway", allow_any_subject=True)
 @pytest.fixture
 async def tokens(keys: KeyManager, store: SqliteStore, clock: FakeClock) -> TokenService:
     await keys.apply_due("")
+    async with store.transaction() as tx:  # registered: Revoke checks a token's client is in its key's tenant
+        for client in (CLIENT, OTHER, ADMIN, ANY_SUBJECT):
+            await tx.insert_client(client)
     return TokenService(store, keys.keyring, clock, TOKEN_POLICY)
 
 

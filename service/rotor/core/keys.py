@@ -38,6 +38,7 @@ from rotor.core.errors import (
     OperationNotFound,
     SelfApproval,
     TenantNotFound,
+    quote,
 )
 from rotor.core.lifecycle import KeyPolicy, Step
 from rotor.core.model import (
@@ -436,7 +437,7 @@ class KeyManager:
         """Revoke a key at once, or ask for a second admin when approval is required."""
         key = await self._store.get_key(kid)
         if key is None:
-            raise KeyNotFound(f"no key with kid {kid!r}; ListKeys shows the kids")
+            raise KeyNotFound(f"no key with kid {quote(kid)}; ListKeys shows the kids")
         if key.state is KeyState.EXPIRED:
             raise KeyNotRevocable(f"key {kid} has already expired; nothing signed by it still verifies")
         if key.state is KeyState.REVOKED:
@@ -483,7 +484,7 @@ class KeyManager:
 
     def _check_approvable(self, operation: Operation | None, operation_id: str, actor: str) -> Operation:
         if operation is None:
-            raise OperationNotFound(f"no operation with id {operation_id!r}")
+            raise OperationNotFound(f"no operation with id {quote(operation_id)}")
         if operation.state is OperationState.APPLIED:
             raise OperationAlreadyApplied(
                 f"operation {operation_id} was already approved by {operation.approved_by}"
@@ -526,7 +527,7 @@ class KeyManager:
                 await tx.lock_keys(key.tenant)
                 key = await tx.get_key(kid)
             if key is None:
-                raise KeyNotFound(f"no key with kid {kid!r}; ListKeys shows the kids")
+                raise KeyNotFound(f"no key with kid {quote(kid)}; ListKeys shows the kids")
             match key.state:
                 case KeyState.REVOKED:
                     return key

@@ -36,6 +36,7 @@ from rotor.core.errors import (
 )
 from rotor.core.keys import KeyRing
 from rotor.core.model import (
+    DEFAULT_TENANT,
     Client,
     ClientRevocation,
     Event,
@@ -378,14 +379,20 @@ class TokenService:
             return False  # not a token of ours
         if claims.get("iss") != self.policy.issuer:
             return False
-        if claims.get("client_id") != client.client_id and not client.admin:
-            raise TokenNotOwned("this token was issued to another client; only it or an admin may revoke it")
+        owner_id = str(claims.get("client_id", ""))
+        owner = client if owner_id == client.client_id else await self._store.get_client(owner_id)
+        if owner is None or owner.tenant != key.tenant:
+            return False  # signed by a key of another tenant than its client's: not a token we issued
+        if not _may_revoke(client, owner_id, key.tenant):
+            raise TokenNotOwned(
+                "this token was issued to another client; only it or an admin of its tenant may revoke it"
+            )
         now = self._clock.now()
         if exp + self.policy.clock_skew <= now:
             return False  # expired: nothing left to revoke
         if key.state in (KeyState.REVOKED, KeyState.EXPIRED):
             return True  # its key no longer verifies anything
-        revoked = RevokedToken(jti, key.tenant, str(claims.get("client_id", "")), float(exp), now, reason)
+        revoked = RevokedToken(jti, key.tenant, owner_id, float(exp), now, reason)
         async with self._store.transaction() as tx:
             if await tx.insert_revoked_token(revoked):
                 payload = Event.encode_payload(None, (), revoked)
@@ -408,9 +415,10 @@ class TokenService:
             family = await tx.get_family(row.family_id) if row is not None else None
             if row is None or family is None:
                 return False
-            if family.client_id != client.client_id and not client.admin:
+            if not _may_revoke(client, family.client_id, family.tenant):
                 raise TokenNotOwned(
-                    "this refresh token was issued to another client; only it or an admin may revoke it"
+                    "this refresh token was issued to another client; only it or an admin of its tenant "
+                    "may revoke it"
                 )
             if family.revoked_at is not None:
                 return True
@@ -427,3 +435,11 @@ class TokenService:
                 audit.details(client_id=family.client_id, reason=reason),
             )
         return True
+
+
+def _may_revoke(client: Client, owner: str, tenant: str) -> bool:
+    """Whether `client` may revoke a token of `owner` in `tenant`: its own, or as an admin of that
+    tenant (an admin of the default tenant administers every tenant)."""
+    if client.tenant != tenant:
+        return client.admin and client.tenant == DEFAULT_TENANT
+    return owner == client.client_id or client.admin
