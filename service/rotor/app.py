@@ -48,6 +48,10 @@ GRPC_OPTIONS = [
     ("grpc.max_metadata_size", MAX_METADATA),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # clients' pings, at most this often
     ("grpc.keepalive_permit_without_calls", 1),
+    # calls waiting to be accepted: every watcher reconnecting at once after a restart must not
+    # be cancelled by gRPC's default cap of 1,000
+    ("grpc.server.max_pending_requests", 30_000),
+    ("grpc.server.max_pending_requests_hard_limit", 30_000),
 ]
 POLL = 0.5  # seconds between looks at the event log for other processes' writes
 POLL_SHARED = 0.05  # the same, for workers sharing a port: a watcher may be on any of them

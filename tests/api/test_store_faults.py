@@ -235,13 +235,14 @@ async def test_writes_while_another_process_holds_the_lock_fail_retryably_and_ch
 
 
 class FullDiskAt:
-    """Stands in for a store's writer connection: the `at`-th statement after the next BEGIN fails
-    as SQLite fails on a full disk (it rolls the whole transaction back and raises)."""
+    """Stands in for a store's writer connection: counting from the next BEGIN (itself, then each
+    SAVEPOINT, statement, RELEASE and COMMIT of every transaction after it), the `at`-th statement
+    fails as SQLite fails on a full disk: it rolls the whole transaction back and raises."""
 
-    def __init__(self, conn: Any, at: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, at: int) -> None:
         self._conn = conn
         self._at = at
-        self._count: int | None = None  # statements since BEGIN; None until BEGIN
+        self._count: int | None = None  # statements since the first BEGIN; None until then
         self.tripped = False
 
     def __getattr__(self, name: str) -> Any:
@@ -250,44 +251,20 @@ class FullDiskAt:
     def _due(self, sql: str) -> bool:
         if self.tripped:
             return False
-        if sql.startswith("BEGIN"):
-            self._count = 0
-            return False
         if self._count is None:
-            return False
+            if not sql.startswith("BEGIN"):
+                return False
+            self._count = 0
         self._count += 1
         return self._count == self._at
 
-    async def _fail(self) -> Any:
-        self.tripped = True
-        await self._conn.execute("ROLLBACK")
-        raise sqlite3.OperationalError(DISK_FULL)
-
-    def execute(self, sql: str, parameters: Any = None) -> Any:
+    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
         if self._due(sql):
-            return _Failing(self._fail)
+            self.tripped = True
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError(DISK_FULL)
         return self._conn.execute(sql, parameters)
-
-    def execute_fetchall(self, sql: str, parameters: Any = None) -> Any:
-        if self._due(sql):
-            return self._fail()
-        return self._conn.execute_fetchall(sql, parameters)
-
-
-class _Failing:
-    """What aiosqlite's execute returns (awaited, or entered as a cursor), failing either way."""
-
-    def __init__(self, fail: Callable[[], Awaitable[Any]]) -> None:
-        self._fail = fail
-
-    def __await__(self) -> Any:
-        return self._fail().__await__()
-
-    async def __aenter__(self) -> Any:
-        return await self._fail()
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 @contextlib.contextmanager
@@ -304,7 +281,7 @@ def full_disk_at(store: Any, at: int) -> Iterator[FullDiskAt]:
 async def test_a_write_that_meets_a_full_disk_at_any_statement_changes_nothing(
     rotor: Rotor, svc: Credentials, ops: Credentials, name: str
 ) -> None:
-    """The disk fills at the 1st, 2nd, ... statement of the write's transaction (its COMMIT too):
+    """The disk fills at the 1st, 2nd, ... statement of the write (its BEGIN and COMMIT too):
     each time STORE_UNAVAILABLE and the store as before; then, past its last statement, it works."""
     await rotor.server.rotator.stop()  # no background transaction to take the fault instead
     write = await WRITES[name](rotor, svc, ops)
@@ -361,10 +338,8 @@ async def set_max_pages(rotor: Rotor, pages: int | None) -> None:
     """Cap the server's database at `pages` pages (its current size when None), as a full disk would."""
     writer = rotor.server.store._writer
     if pages is None:
-        async with writer.execute("PRAGMA page_count") as cursor:
-            row = await cursor.fetchone()
-        pages = int(row[0])
-    await writer.execute(f"PRAGMA max_page_count = {pages}")
+        (pages,) = writer.execute("PRAGMA page_count").fetchone()
+    writer.execute(f"PRAGMA max_page_count = {int(pages)}")
 
 
 async def fill_until_refused(rotor: Rotor, write: Callable[[], Awaitable[Any]], what: str) -> None:

@@ -2,7 +2,8 @@
 nothing of a transaction that failed: a write lock held by another process past the busy timeout
 (reads go on meanwhile), a database that is full, and any driver error where a transaction begins.
 A full disk makes SQLite itself roll the transaction back; what a caller still writes through that
-Tx afterwards is refused, not committed on its own."""
+Tx afterwards is refused, not committed on its own; and when it rolls back a group's COMMIT, every
+transaction of the group fails and none is kept."""
 
 from __future__ import annotations
 
@@ -47,10 +48,8 @@ async def write_lock_held(path: Path) -> AsyncIterator[None]:
 
 async def cap_at_current_size(store: SqliteStore) -> None:
     """Let the database grow no more, as on a full disk: what needs a new page fails."""
-    async with store._writer.execute("PRAGMA page_count") as cursor:
-        row = await cursor.fetchone()
-    assert row is not None
-    await store._writer.execute(f"PRAGMA max_page_count = {int(row[0])}")
+    (pages,) = store._writer.execute("PRAGMA page_count").fetchone()
+    store._writer.execute(f"PRAGMA max_page_count = {int(pages)}")
 
 
 def a_big_key(kid: str) -> SigningKey:
@@ -85,7 +84,7 @@ async def test_a_full_database_raises_unavailable_and_keeps_nothing_of_the_trans
     assert await store.get_client("svc-a") is None
     assert await store.get_key("k1") is None
 
-    await store._writer.execute("PRAGMA max_page_count = 1000000000")
+    store._writer.execute("PRAGMA max_page_count = 1000000000")
     async with store.transaction() as tx:
         await tx.insert_client(a_client())
         await tx.insert_key(a_big_key("k1"))
@@ -95,21 +94,18 @@ async def test_a_full_database_raises_unavailable_and_keeps_nothing_of_the_trans
 class FailingBegin:
     """A writer connection whose next BEGIN fails with `error`."""
 
-    def __init__(self, conn: Any, error: sqlite3.Error) -> None:
+    def __init__(self, conn: sqlite3.Connection, error: sqlite3.Error) -> None:
         self._conn = conn
         self._error: sqlite3.Error | None = error
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
-    def execute(self, sql: str, parameters: Any = None) -> Any:
+    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
         if sql.startswith("BEGIN") and self._error is not None:
             error, self._error = self._error, None
-            return self._raise(error)
+            raise error
         return self._conn.execute(sql, parameters)
-
-    async def _raise(self, error: sqlite3.Error) -> None:
-        raise error
 
 
 @pytest.mark.parametrize(
@@ -144,3 +140,42 @@ async def test_nothing_written_after_a_full_disk_error_in_a_transaction_is_kept(
                 await tx.insert_key(a_big_key("k1"))
             await tx.insert_client(a_client("svc-after"))
     assert await store.get_client("svc-after") is None, "a write after the failure was committed alone"
+
+
+class FullDiskAtCommit:
+    """A writer connection whose next COMMIT fails as on a full disk: SQLite rolls the whole
+    transaction back and raises."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.tripped = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
+        if sql == "COMMIT" and not self.tripped:
+            self.tripped = True
+            self._conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, parameters)
+
+
+async def test_a_group_whose_commit_fails_fails_every_member_and_keeps_none_of_them(
+    store: SqliteStore,
+) -> None:
+    store._writer = FullDiskAtCommit(store._writer)
+
+    async def add(name: str) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_client(a_client(name))
+
+    results = await asyncio.gather(add("svc-a"), add("svc-b"), return_exceptions=True)
+    assert [type(r) for r in results] == [Unavailable, Unavailable], results
+    assert all("retry" in str(r) for r in results), results
+    assert await store.get_client("svc-a") is None
+    assert await store.get_client("svc-b") is None
+
+    await asyncio.gather(add("svc-a"), add("svc-b"))
+    assert await store.get_client("svc-a") == a_client("svc-a")
+    assert await store.get_client("svc-b") == a_client("svc-b")

@@ -1,8 +1,17 @@
-"""The embedded store: SQLite through aiosqlite, in WAL mode.
+"""The embedded store: SQLite in WAL mode.
 
-One writer connection (transactions take `BEGIN IMMEDIATE`, so writers in
-other processes, such as the `rotor` CLI, queue behind it on the database
-lock) and one reader connection (WAL lets it read while a write is open).
+One writer connection and one reader connection (WAL lets it read while a
+write is open), through aiosqlite's thread.
+
+Writes commit in groups. The writer runs each transaction's statements on the
+event loop's thread (they never wait for a lock: the group holds the database's
+write lock), inside a SAVEPOINT so that one failing transaction undoes only its
+own changes. Transactions that queued while one ran join its group, and one
+COMMIT (one fsync, in a worker thread) makes the whole group durable; each
+caller returns only once its group is committed, or fails with Unavailable if
+the commit did. `BEGIN IMMEDIATE` also runs in a worker thread: writers in
+other processes, such as the `rotor` CLI, hold the lock for a moment at most,
+and waiting for them must not stall the loop.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -72,24 +82,38 @@ class _Reads(SharedReads):
 
 
 class _SqliteTx(_Reads, SharedTx):
-    """A transaction on the writer connection (see rotor.store.Tx)."""
+    """A transaction on the writer connection (see rotor.store.Tx): statements run at once, on
+    this thread, inside the group's transaction."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        super().__init__(conn)
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._sync = conn
         self.appended = False
 
     def _check_open(self) -> None:
         # SQLite rolls a transaction back by itself on some errors (a full disk): a later write
         # through this Tx would then commit on its own, outside any transaction
-        if not self._conn.in_transaction:
+        if not self._sync.in_transaction:
             raise Unavailable("the SQLite store rolled this transaction back after an error; retry")
+
+    def _run(self, sql: str, params: Iterable[Any], what: str = "row") -> sqlite3.Cursor:
+        self._check_open()
+        with _driver_errors(what):
+            return self._sync.execute(_numbered(sql), tuple(params))
+
+    async def _one(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        cursor = self._run(sql, params)
+        with _driver_errors():
+            found = cursor.fetchall()  # to the end: the statement is reset at once
+        return found[0] if found else None
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        cursor = self._run(sql, params)
+        with _driver_errors():
+            return cursor.fetchall()
 
     async def _count(self, sql: str, params: Iterable[Any], what: str = "row") -> int:
         """Run a write; how many rows it changed."""
-        self._check_open()
-        with _driver_errors(what):
-            async with self._conn.execute(_numbered(sql), tuple(params)) as cursor:
-                return max(cursor.rowcount, 0)
+        return max(self._run(sql, params, what).rowcount, 0)
 
     async def _changed(self, sql: str, params: Iterable[Any], what: str = "row") -> bool:
         return await self._count(sql, params, what) > 0
@@ -98,13 +122,12 @@ class _SqliteTx(_Reads, SharedTx):
         await self._changed(_sql.INSERT_KEY, rows.key_values(key), f"key {key.kid!r}")
 
     async def append_event(self, tenant: str, type_: str, occurred_at: float, payload: str) -> int:
-        self._check_open()
-        with _driver_errors("event"):
-            async with self._conn.execute(
-                "INSERT INTO events (tenant, type, occurred_at, payload) VALUES (?, ?, ?, ?)",
-                (tenant, type_, occurred_at, payload),
-            ) as cursor:
-                sequence = cursor.lastrowid
+        cursor = self._run(
+            "INSERT INTO events (tenant, type, occurred_at, payload) VALUES (?, ?, ?, ?)",
+            (tenant, type_, occurred_at, payload),
+            "event",
+        )
+        sequence = cursor.lastrowid
         assert sequence is not None
         self.appended = True
         return sequence
@@ -136,21 +159,48 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def _pragmas() -> tuple[str, ...]:
+    return (
+        f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA synchronous = FULL",
+    )
+
+
 async def _connect(path: Path, opened: list[aiosqlite.Connection]) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     opened.append(conn)
-    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    await conn.execute("PRAGMA synchronous = FULL")
+    for pragma in _pragmas():
+        await conn.execute(pragma)
     return conn
+
+
+def _connect_writer(path: Path) -> sqlite3.Connection:
+    """The writer: used on the loop's thread, and for BEGIN and COMMIT in a worker thread (never
+    both at once: the store's write lock is held throughout)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in _pragmas():
+        conn.execute(pragma)
+    return conn
+
+
+@dataclass(eq=False)
+class _Group:
+    """Transactions committed together; `done` holds the outcome of their COMMIT."""
+
+    done: asyncio.Future[None]
+    members: list[_SqliteTx] = field(default_factory=list)
 
 
 class SqliteStore(SharedStore):
     """The SQLite implementation of rotor.store.Store."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: aiosqlite.Connection) -> None:
         self.path = path
         self._writer = writer
+        self._group: _Group | None = None  # the open group transaction, if any
+        self._commits: set[asyncio.Task[None]] = set()
+        self._opening: asyncio.Task[_Group] | None = None
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
@@ -167,10 +217,13 @@ class SqliteStore(SharedStore):
         opened: list[aiosqlite.Connection] = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            writer = await _connect(path, opened)
-            await writer.execute("PRAGMA journal_mode = WAL")
-            await _migrate(writer)
+            setup = await _connect(path, opened)
+            await setup.execute("PRAGMA journal_mode = WAL")
+            await _migrate(setup)
+            await setup.close()
+            opened.remove(setup)
             reader = await _connect(path, opened)
+            writer = await asyncio.to_thread(_connect_writer, path)
         except (sqlite3.Error, OSError) as e:
             for conn in opened:  # an open connection's thread would keep the process alive
                 with contextlib.suppress(sqlite3.Error):
@@ -182,7 +235,7 @@ class SqliteStore(SharedStore):
         async with self._write_lock, self._read_lock:
             self._probe.close()
             await self._reader.close()
-            await self._writer.close()
+            self._writer.close()
 
     def audit_sequence_nowait(self) -> int | None:
         """The audit head's sequence, read at once on this thread (a WAL read never waits for the
@@ -199,33 +252,67 @@ class SqliteStore(SharedStore):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTx]:
         async with self._write_lock:
-            if self._writer.in_transaction:  # safety net: a cancelled caller's transaction is never joined
-                await self._rollback()
+            group = self._group or await self._open_group()
             tx = _SqliteTx(self._writer)
+            with _driver_errors():
+                self._writer.execute("SAVEPOINT tx")
             try:
-                try:  # BEGIN inside: a caller cancelled while it runs must still roll back
-                    await self._writer.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as e:
-                    raise Unavailable(f"the SQLite store is busy: {e}") from e
-                except sqlite3.Error as e:  # a damaged file: not INTERNAL, and the server goes on
-                    raise Unavailable(f"the SQLite store cannot begin a transaction: {e}") from e
                 yield tx
+                with _driver_errors():
+                    tx._check_open()
+                    self._writer.execute("RELEASE tx")
             except BaseException:
-                await asyncio.shield(self._rollback())
+                with contextlib.suppress(sqlite3.Error):  # gone with the group if SQLite rolled it back
+                    self._writer.execute("ROLLBACK TO tx")
+                    self._writer.execute("RELEASE tx")
                 raise
-            try:
-                await asyncio.shield(self._writer.execute("COMMIT"))
-            except sqlite3.Error as e:
-                await asyncio.shield(self._rollback())
-                raise Unavailable(f"the SQLite store could not commit: {e}") from e
+            group.members.append(tx)
+        await asyncio.shield(group.done)
         if tx.appended:
             for listener in self._listeners:
                 listener()
         self._committed(tx)
 
-    async def _rollback(self) -> None:
-        with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
-            await self._writer.execute("ROLLBACK")
+    async def _open_group(self) -> _Group:
+        """The group transaction to join, begun if there is none. BEGIN runs as a task of its own:
+        a caller cancelled meanwhile leaves it to finish, and the next caller joins its group."""
+        if self._opening is None:
+            self._opening = asyncio.create_task(self._begin(), name="rotor-sqlite-begin")
+            self._opening.add_done_callback(lambda task: task.cancelled() or task.exception())
+        opening = self._opening
+        try:
+            return await asyncio.shield(opening)
+        finally:
+            if opening.done() and self._opening is opening:
+                self._opening = None
+
+    async def _begin(self) -> _Group:
+        try:
+            await asyncio.to_thread(self._writer.execute, "BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise Unavailable(f"the SQLite store is busy: {e}") from e
+        except sqlite3.Error as e:  # a damaged file: not INTERNAL, and the server goes on
+            raise Unavailable(f"the SQLite store cannot begin a transaction: {e}") from e
+        group = self._group = _Group(asyncio.get_running_loop().create_future())
+        task = asyncio.create_task(self._commit(group), name="rotor-sqlite-commit")
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+        return group
+
+    async def _commit(self, group: _Group) -> None:
+        async with self._write_lock:  # after every transaction that was waiting when the group began
+            self._group = None
+            try:
+                if not self._writer.in_transaction:
+                    raise sqlite3.OperationalError("SQLite rolled the transaction back after an error")
+                await asyncio.shield(asyncio.to_thread(self._writer.execute, "COMMIT"))
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):  # none left to roll back
+                    self._writer.execute("ROLLBACK")
+                group.done.set_exception(Unavailable(f"the SQLite store could not commit: {e}; retry"))
+                group.done.exception()  # retrieved here too: a group with no member left is fine
+            else:
+                group.done.set_result(None)
 
     async def _read(self, method: Callable[..., Any], *args: Any) -> Any:
         async with self._read_lock:
