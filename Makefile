@@ -32,13 +32,13 @@ acceptance: $(STAMP)
 acceptance-postgres: $(STAMP)
 	PYTHONPATH=tests $(BIN)/pytest ../shared/acceptance -p acceptance_postgres $(ACCEPTANCE_ARGS)
 
-## bench: performance figures, as ratios to baselines measured in the same run
+## bench: performance figures, as ratios to baselines measured in the same run (~10 min; writes docs/benchmarks.md)
 bench: $(STAMP)
-	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-## bench-smoke: the benchmark in a few seconds, so the harness cannot rot (CI runs it)
+## bench-smoke: the whole benchmark in seconds, so the harness cannot rot (CI runs it; writes bench/results/smoke*)
 bench-smoke: $(STAMP)
-	$(BIN)/python bench/verify.py --rounds 1 --seconds 0.05
+	$(BIN)/python bench/run.py --smoke $(BENCH_ARGS)
 
 ## proto: regenerate the stubs in service/rotor/v1 from protos/
 proto: $(STAMP)

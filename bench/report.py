@@ -1,0 +1,504 @@
+"""The benchmark's report: results as JSON, and a Markdown page with its plots (matplotlib, Agg).
+
+`write` puts the JSON at one path and the page at another, its PNGs in a
+directory named after the page (docs/benchmarks.md -> docs/benchmarks/).
+Each target is shown with the measured figure and met / not met; a figure the
+run did not measure is "not measured", never met.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
+
+TARGET_CONCURRENCY = 64
+TARGET_WATCHERS = 5000
+TARGET_RATIOS = {"issue_no_refresh": 0.6, "issue_refresh": 0.5, "refresh": 0.45, "keyset": 0.9}
+LABELS = {
+    "issue_no_refresh": "Issue (no refresh token)",
+    "issue_refresh": "Issue (with refresh token)",
+    "refresh": "Refresh",
+    "revoke": "Revoke",
+    "keyset": "GetKeySet",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    figure: str
+    wanted: str  # as the table shows it
+    value: Callable[[dict[str, Any]], float | None]
+    met: Callable[[float], bool]
+    unit: str = ""
+
+
+def _load_ratio(figure: str) -> Callable[[dict[str, Any]], float | None]:
+    def value(results: dict[str, Any]) -> float | None:
+        rows = results.get("load", {}).get(figure, {}).get("rows", [])
+        return next((r["ratio"] for r in rows if r["concurrency"] == TARGET_CONCURRENCY), None)
+
+    return value
+
+
+def _fanout(key: str, scale: float = 1.0) -> Callable[[dict[str, Any]], float | None]:
+    def value(results: dict[str, Any]) -> float | None:
+        rows = results.get("fanout", [])
+        return next((r[key] * scale for r in rows if r["watchers"] == TARGET_WATCHERS), None)
+
+    return value
+
+
+def _verify(results: dict[str, Any]) -> float | None:
+    return next((r["ratio"] for r in results.get("verify", []) if r["alg"] == "EdDSA"), None)
+
+
+def _startup(key: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda results: results.get("startup", {}).get(key)
+
+
+TARGETS = [
+    *(
+        Target(
+            f"{LABELS[figure]} / baseline, c={TARGET_CONCURRENCY}",
+            f">= {bound}",
+            _load_ratio(figure),
+            lambda v, b=bound: v >= b,
+        )
+        for figure, bound in TARGET_RATIOS.items()
+    ),
+    Target(
+        f"rotation fan-out to {TARGET_WATCHERS:,} watchers, p99",
+        "<= 250 ms",
+        _fanout("p99_ms"),
+        lambda v: v <= 250,
+        " ms",
+    ),
+    Target(
+        "server memory per idle watcher",
+        "<= 30 KB",
+        _fanout("bytes_per_watcher", 1 / 1000),
+        lambda v: v <= 30,
+        " KB",
+    ),
+    Target("client verify / raw jwt.decode (EdDSA)", ">= 0.8", _verify, lambda v: v >= 0.8),
+    Target("start-up to SERVING, fresh store", "<= 1 s", _startup("fresh_s"), lambda v: v <= 1, " s"),
+    Target("start-up to SERVING, existing store", "<= 1 s", _startup("existing_s"), lambda v: v <= 1, " s"),
+]
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for t in TARGETS:
+        value = t.value(results)
+        out.append(
+            {
+                "figure": t.figure,
+                "target": t.wanted,
+                "measured": None if value is None else f"{value:.3g}{t.unit}" if t.unit else f"{value:.2f}",
+                "met": None if value is None else t.met(value),
+            }
+        )
+    return out
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The targets as a plain-text table, for the terminal."""
+    rows = [(t["figure"], t["target"], t["measured"] or "-", _verdict(t["met"])) for t in targets(results)]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{f:<{width}}  {w:<10} {m:>10}  {v}" for f, w, m, v in rows)
+
+
+def _verdict(met: bool | None) -> str:
+    return "not measured" if met is None else "met" if met else "NOT met"
+
+
+# -- the page ----------------------------------------------------------------------
+
+
+def write(results: dict[str, Any], json_path: Path, markdown_path: Path) -> None:
+    results = {**results, "targets": targets(results)}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    plots = markdown_path.parent / markdown_path.stem
+    plots.mkdir(parents=True, exist_ok=True)
+    images = draw(results, plots)
+    links = {name: f"{plots.name}/{file.name}" for name, file in images.items()}
+    markdown_path.write_text(page(results, links, os.path.relpath(json_path, markdown_path.parent)))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]
+
+
+def page(results: dict[str, Any], images: dict[str, str], json_link: str) -> str:
+    m = results["machine"]
+    out = [
+        f"_Generated by `{results['command']}` (bench/run.py) on {results['generated_at']}: do not edit "
+        f"this page, run the command again. The raw figures: [{Path(json_link).name}]({json_link})._",
+        "",
+        "# Benchmarks",
+        "",
+        "Every throughput figure is a ratio to a baseline measured in the same run on the same machine, "
+        "so the machine's speed cancels out; absolute rates are shown for scale only. The load "
+        "generators, the watchers and the server share the machine's cores.",
+        "",
+    ]
+    if results["failures"]:
+        out += ["**The harness broke in this run:**", "", *(f"- {f}" for f in results["failures"]), ""]
+    out += ["## Machine", ""]
+    out += _table(
+        [
+            "CPU",
+            "cores",
+            "memory",
+            "kernel",
+            "Python",
+            "grpcio",
+            "loop",
+            "Rotor",
+            "load average at start / end",
+        ],
+        [
+            [
+                m["cpu"],
+                str(m["cores"]),
+                f"{m['memory_gib']:.1f} GiB",
+                m["kernel"],
+                m["python"],
+                m["grpcio"],
+                m["loop"],
+                f"`{m['rotor']}`",
+                " / ".join(f"{v:.2f}" for v in results["load_average"]),
+            ]
+        ],
+    )
+    out += ["## Targets", ""]
+    out += _table(
+        ["figure", "target", "measured", "met"],
+        [[t["figure"], t["target"], t["measured"] or "-", _verdict(t["met"])] for t in results["targets"]],
+    )
+    out += _load_section(results, images)
+    out += _fanout_section(results, images)
+    out += _verify_section(results)
+    out += _startup_section(results)
+    out += _workers_section(results, images)
+    out += _method_section(results)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _load_section(results: dict[str, Any], images: dict[str, str]) -> list[str]:
+    if "load" not in results:
+        return []
+    s = results["settings"]
+    out = [
+        "## Throughput and latency",
+        "",
+        f"Each figure runs on a fresh Rotor (SQLite, fresh store). At each concurrency, {s['rounds']} "
+        f"rounds of {s['seconds']} s alternate a baseline run and a Rotor run; the ratio is the median "
+        "of the rounds' ratios (each Rotor run to the baseline run just before it), the other columns "
+        "are medians of the rounds. Latency is per call, as the load generator sees it.",
+        "",
+    ]
+    rows = []
+    for figure, data in results["load"].items():
+        for r in data["rows"]:
+            note = f"{r['errors']} errors ({r['first_error'][:60]})" if r["errors"] else ""
+            note += " token pool ran out" if r["exhausted"] else ""
+            rows.append(
+                [
+                    LABELS[figure],
+                    str(r["concurrency"]),
+                    f"{r['rate']:.0f}",
+                    f"{r['baseline_rate']:.0f}",
+                    f"**{r['ratio']:.2f}**",
+                    f"{r['p50_ms']:.2f}",
+                    f"{r['p99_ms']:.2f}",
+                    f"{r['baseline_p50_ms']:.2f} / {r['baseline_p99_ms']:.2f}",
+                    note,
+                ]
+            )
+    out += _table(
+        [
+            "figure",
+            "concurrency",
+            "calls/s",
+            "baseline calls/s",
+            "ratio",
+            "p50 ms",
+            "p99 ms",
+            "baseline p50 / p99 ms",
+            "notes",
+        ],
+        rows,
+    )
+    out += [f"![Ratios to the baseline]({images['throughput']})", "", f"![Latency]({images['latency']})", ""]
+    return out
+
+
+def _fanout_section(results: dict[str, Any], images: dict[str, str]) -> list[str]:
+    if "fanout" not in results:
+        return []
+    out = [
+        "## Rotation fan-out",
+        "",
+        "N watchers hold WatchKeyRotations streams (several watcher processes, each a few connections "
+        "carrying many streams, each process opening at most 100 streams at a time: gRPC cancels calls "
+        "that wait too long for the server to take them, `grpc.server.max_pending_requests`, so thousands "
+        "opened at once would not all start); each has its SNAPSHOT before an admin calls RotateKeys, whose event "
+        "(KEY_PUBLISHED) every watcher must receive. Delay is measured from the event's own `occurred_at`, "
+        "stamped inside the rotation's transaction just before it commits (so the figure includes the "
+        "commit), to the moment each watcher's process reads the event (wall clock, same machine); the "
+        "delay from the moment RotateKeys was sent is shown too. Memory per idle watcher is the server's "
+        "RSS growth (/proc/PID/status) from before the streams opened to after they settled, divided by N.",
+        "",
+    ]
+    rows = [
+        [
+            f"{r['watchers']:,}",
+            f"{r['processes']} x {r['channels_per_process']}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            f"{r['max_ms']:.1f}",
+            f"{r['from_sent_p50_ms']:.1f} / {r['from_sent_p99_ms']:.1f} / {r['from_sent_max_ms']:.1f}",
+            f"{r['rotate_call_ms']:.1f}",
+            f"{r['bytes_per_watcher'] / 1000:.1f}",
+        ]
+        for r in results["fanout"]
+    ]
+    out += _table(
+        [
+            "watchers",
+            "processes x connections",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "from RotateKeys sent: p50 / p99 / max ms",
+            "RotateKeys call ms",
+            "server KB per idle watcher",
+        ],
+        rows,
+    )
+    out += [f"![Fan-out delay]({images['fanout']})", ""]
+    return out
+
+
+def _verify_section(results: dict[str, Any]) -> list[str]:
+    if "verify" not in results:
+        return []
+    s = results["settings"]
+    out = [
+        "## Local verification",
+        "",
+        "`rotor_client.Verifier.verify` against raw `jwt.decode` with the known public key, on the same "
+        f"Rotor-shaped token, in one process, in {s['verify_rounds']} alternating rounds of "
+        f"{s['verify_seconds']} s (bench/verify.py); the ratio of the median rates.",
+        "",
+    ]
+    out += _table(
+        ["alg", "Verifier verify/s", "jwt.decode/s", "ratio"],
+        [
+            [r["alg"], str(r["verify_per_s"]), str(r["jwt_decode_per_s"]), f"**{r['ratio']:.2f}**"]
+            for r in results["verify"]
+        ],
+    )
+    return out
+
+
+def _startup_section(results: dict[str, Any]) -> list[str]:
+    if "startup" not in results:
+        return []
+    r = results["startup"]
+
+    def runs(values: list[float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in values)
+
+    out = [
+        "## Start-up",
+        "",
+        "From spawning `rotor serve --config FILE` to gRPC health answering SERVING (polled every 10 ms "
+        "on a fresh connection), the median of the runs.",
+        "",
+    ]
+    out += _table(
+        ["store", "median s", "runs s"],
+        [
+            [
+                "fresh (migrations, key-encryption key, first key)",
+                f"**{r['fresh_s']:.2f}**",
+                runs(r["fresh_runs"]),
+            ],
+            ["existing (a restart)", f"**{r['existing_s']:.2f}**", runs(r["existing_runs"])],
+        ],
+    )
+    return out
+
+
+def _workers_section(results: dict[str, Any], images: dict[str, str]) -> list[str]:
+    if "workers" not in results:
+        return []
+    s = results["settings"]
+    concurrency = max(int(c) for c in s["concurrency"].split(","))
+    out = [
+        "## Workers",
+        "",
+        f"Issue with `rotor serve --workers N` on SQLite, at concurrency {concurrency}, the median of "
+        f"{s['rounds']} runs of {s['seconds']} s per worker count (bench/workers.py); the ratio is to 1 worker "
+        "with the same refresh-token setting.",
+        "",
+    ]
+    out += _table(
+        ["refresh tokens", "workers", "calls/s", "ratio to 1 worker", "p50 ms", "p99 ms", "errors"],
+        [
+            [
+                "yes" if r["refresh_tokens"] else 'no (`refresh_ttl = "0s"`)',
+                str(r["workers"]),
+                f"{r['rate']:.0f}",
+                f"**{r['ratio_to_1_worker']:.2f}**",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                str(r["errors"]),
+            ]
+            for r in results["workers"]
+        ],
+    )
+    out += [f"![Workers]({images['workers']})", ""]
+    return out
+
+
+def _method_section(results: dict[str, Any]) -> list[str]:
+    s = results["settings"]
+    return [
+        "## How it is measured",
+        "",
+        "- Baseline: bench/baseline.py, a bare grpc.aio server with one no-op unary method (a few bytes "
+        "each way, generic handler, no serialization), on Rotor's event loop (`rotor.loop.run`) with "
+        "Rotor's server options (`rotor.app.GRPC_OPTIONS`).",
+        f"- Load: bench/load.py in {s['load_processes']} process(es) per run, grpc.aio on the same loop, a "
+        f"fixed number of calls in flight over up to {s['channels']} connections per process. Channels "
+        "connect and each caller makes one untimed call before the timed window opens.",
+        '- Issue without refresh tokens runs on a server configured with `refresh_ttl = "0s"`: refresh '
+        "tokens are a server setting, not a per-client one, so the two Issue figures use two servers.",
+        "- Refresh: each caller keeps its own chain (each Refresh spends the token the previous one returned).",
+        "- Revoke: the access tokens are issued before the timed window (for as long as the window lasts, "
+        "at the same concurrency), one Revoke per token.",
+        "- The machine may run other work at the same time; the load average at the start and the end "
+        "of the run says how much. Pairing each Rotor run with a baseline run just before it keeps the "
+        "ratios fair; absolute rates and latencies move with that work.",
+        "- Rate limits are off and the watcher caps raised in the benchmark's config "
+        f"(`[limits]`: {', '.join(f'{k} = {v}' for k, v in results.get('limits', {}).items()) or 'none known'}).",
+        "",
+    ]
+
+
+# -- plots -------------------------------------------------------------------------
+
+
+def draw(results: dict[str, Any], where: Path) -> dict[str, Path]:
+    """The PNGs of the parts the run measured; name -> file."""
+    drawn = {}
+    for name, part, plot in PLOTS:
+        if part in results:
+            fig = plot(results)
+            path = where / f"{name}.png"
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            drawn[name] = path
+    return drawn
+
+
+def _throughput(results: dict[str, Any]) -> Any:
+    load = results["load"]
+    concurrencies = [r["concurrency"] for r in next(iter(load.values()))["rows"]]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(load)
+    for i, (figure, data) in enumerate(load.items()):
+        xs = [j + i * width for j in range(len(concurrencies))]
+        ax.bar(xs, [r["ratio"] for r in data["rows"]], width, label=LABELS[figure])
+        if figure in TARGET_RATIOS and TARGET_CONCURRENCY in concurrencies:
+            x = xs[concurrencies.index(TARGET_CONCURRENCY)]
+            ax.hlines(TARGET_RATIOS[figure], x - width / 2, x + width / 2, colors="black", linewidth=2)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(concurrencies))], [f"c={c}" for c in concurrencies])
+    ax.set_ylabel("calls/s as a ratio to the baseline")
+    ax.set_title(
+        f"Throughput relative to a bare grpc.aio server (dashed); targets at c={TARGET_CONCURRENCY} in black"
+    )
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _latency(results: dict[str, Any]) -> Any:
+    load = results["load"]
+    concurrencies = [r["concurrency"] for r in next(iter(load.values()))["rows"]]
+    fig, axes = plt.subplots(1, len(concurrencies), figsize=(4 * len(concurrencies), 4), squeeze=False)
+    for ax, c in zip(axes[0], concurrencies, strict=True):
+        names = ["baseline", *(LABELS[f] for f in load)]
+        rows = [next(r for r in data["rows"] if r["concurrency"] == c) for data in load.values()]
+        base = [
+            statistics.median(r["baseline_p50_ms"] for r in rows),
+            statistics.median(r["baseline_p99_ms"] for r in rows),
+        ]
+        p50 = [base[0], *(r["p50_ms"] for r in rows)]
+        p99 = [base[1], *(r["p99_ms"] for r in rows)]
+        ys = range(len(names))
+        ax.barh([y - 0.2 for y in ys], p50, 0.4, label="p50")
+        ax.barh([y + 0.2 for y in ys], p99, 0.4, label="p99")
+        ax.set_yticks(list(ys), names if ax is axes[0][0] else [""] * len(names))
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("ms per call")
+        ax.set_title(f"c={c}")
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle("Latency per call, as the load generator sees it")
+    return fig
+
+
+def _fanout_plot(results: dict[str, Any]) -> Any:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in results["fanout"]:
+        ax.plot(r["cdf_ms"], [i / 100 for i in range(1, 101)], label=f"{r['watchers']:,} watchers")
+    ax.axvline(250, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("ms from the event's commit to its arrival (target for p99: 250 ms, dashed)")
+    ax.set_ylabel("share of watchers")
+    ax.set_title("Rotation fan-out")
+    ax.legend()
+    return fig
+
+
+def _workers_plot(results: dict[str, Any]) -> Any:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for refresh_tokens, label in ((False, "no refresh tokens"), (True, "refresh tokens")):
+        rows = [r for r in results["workers"] if r["refresh_tokens"] is refresh_tokens]
+        ax.plot([r["workers"] for r in rows], [r["ratio_to_1_worker"] for r in rows], marker="o", label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(sorted({r["workers"] for r in results["workers"]}))
+    ax.set_xlabel("workers (rotor serve --workers N)")
+    ax.set_ylabel("Issue calls/s as a ratio to 1 worker")
+    ax.set_title("Issue with workers sharing the port")
+    ax.legend()
+    return fig
+
+
+PLOTS: list[tuple[str, str, Callable[[dict[str, Any]], Any]]] = [  # (PNG name, part, drawing)
+    ("throughput", "load", _throughput),
+    ("latency", "load", _latency),
+    ("fanout", "fanout", _fanout_plot),
+    ("workers", "workers", _workers_plot),
+]
