@@ -8,6 +8,7 @@ a token: messages name clients, kids, families and jtis, never credentials.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import re
@@ -25,12 +26,17 @@ LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("json", "text")
 
 
+_PROCESS = secrets.token_hex(4)  # fresh ids: this process's random prefix and a count
+_COUNT = itertools.count(1)
+
+
 def new_request_id(metadata: Any) -> str:
-    """The x-request-id the caller sent, if it is a short plain token; else a fresh random id."""
+    """The x-request-id the caller sent, if it is a short plain token; else a fresh id, unique
+    within this process and, by its random prefix, almost surely across processes."""
     for key, value in metadata or ():
         if key == "x-request-id" and isinstance(value, str) and _SANE_ID.fullmatch(value):
             return value
-    return secrets.token_hex(8)
+    return f"{_PROCESS}{next(_COUNT):08x}"
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -41,6 +42,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[Any, ...], Any] = {}
         r = self.registry
         self.rpc_duration = Histogram(
             "rotor_rpc_duration_seconds",
@@ -112,17 +114,25 @@ class Metrics:
     def observe(self, method: str, code: str, seconds: float | None, reason: str) -> None:
         """One finished RPC (seconds None for streams), labelled with the caller in `caller`."""
         if seconds is not None:
-            self.rpc_duration.labels(method, code).observe(seconds)
+            self._child(self.rpc_duration, method, code).observe(seconds)
         client = caller.get()
         if code != "OK":
-            self.rpc_errors.labels(method, reason or code).inc()
+            self._child(self.rpc_errors, method, reason or code).inc()
             if reason in AUTH_FAILURES:
-                self.auth_failures.labels(reason).inc()
+                self._child(self.auth_failures, reason).inc()
             elif reason in THEFT:
-                self.refresh_reuse.labels(client).inc()
+                self._child(self.refresh_reuse, client).inc()
         verb = TOKEN_RPCS.get(method)
         if verb is not None:
-            self.tokens[verb].labels(client, "ok" if code == "OK" else reason or code).inc()
+            self._child(self.tokens[verb], client, "ok" if code == "OK" else reason or code).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), remembered: the lookup is on every call's path."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
 
 class _RotatorCollector(Collector):
