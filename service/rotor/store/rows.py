@@ -8,9 +8,11 @@ bools (SQLite stores them as 0 and 1), lists as JSON text in their order.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable
-from dataclasses import astuple
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import fields
 from typing import Any
 
 from rotor.core.model import (
@@ -116,8 +118,18 @@ def event(row: Iterable[Any]) -> StoredEvent:
 # Encoders: each returns the values of its record in its _COLUMNS order.
 
 
+@functools.cache
+def _getter(cls: Any) -> Callable[[Any], tuple[Any, ...]]:
+    return operator.attrgetter(*(f.name for f in fields(cls)))
+
+
+def _flat(obj: Any) -> tuple[Any, ...]:
+    """A dataclass's field values, in order (dataclasses.astuple without its deep copies)."""
+    return _getter(type(obj))(obj)
+
+
 def key_values(k: SigningKey) -> tuple[Any, ...]:
-    values = astuple(k)
+    values = _flat(k)
     return (*values[:3], k.state.value, *values[4:])
 
 
@@ -140,26 +152,26 @@ def client_values(c: Client) -> tuple[Any, ...]:
 
 
 def family_values(f: RefreshFamily) -> tuple[Any, ...]:
-    values = astuple(f)
+    values = _flat(f)
     return (*values[:4], json.dumps(list(f.scopes)), json.dumps(list(f.audiences)), *values[6:])
 
 
 def token_values(t: RefreshToken) -> tuple[Any, ...]:
-    return astuple(t)
+    return _flat(t)
 
 
 def revoked_values(r: RevokedToken) -> tuple[Any, ...]:
-    return astuple(r)
+    return _flat(r)
 
 
 def audit_values(a: AuditEntry) -> tuple[Any, ...]:
-    return astuple(a)
+    return _flat(a)
 
 
 def client_revocation_values(c: ClientRevocation) -> tuple[Any, ...]:
-    return astuple(c)
+    return _flat(c)
 
 
 def operation_values(o: Operation) -> tuple[Any, ...]:
-    values = astuple(o)
+    values = _flat(o)
     return (*values[:8], o.state.value, *values[9:])
