@@ -8,7 +8,6 @@ bools (SQLite stores them as 0 and 1), lists as JSON text in their order.
 
 from __future__ import annotations
 
-import functools
 import json
 import operator
 from collections.abc import Callable, Iterable
@@ -118,14 +117,15 @@ def event(row: Iterable[Any]) -> StoredEvent:
 # Encoders: each returns the values of its record in its _COLUMNS order.
 
 
-@functools.cache
-def _getter(cls: Any) -> Callable[[Any], tuple[Any, ...]]:
-    return operator.attrgetter(*(f.name for f in fields(cls)))
+_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 
 
 def _flat(obj: Any) -> tuple[Any, ...]:
     """A dataclass's field values, in order (dataclasses.astuple without its deep copies)."""
-    return _getter(type(obj))(obj)
+    getter = _GETTERS.get(type(obj))
+    if getter is None:
+        getter = _GETTERS[type(obj)] = operator.attrgetter(*(f.name for f in fields(obj)))
+    return getter(obj)
 
 
 def key_values(k: SigningKey) -> tuple[Any, ...]:
