@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from rotor.core.model import Event
@@ -34,34 +34,51 @@ class Delivery(Generic[T]):
     encoded: T
 
 
-@dataclass(eq=False)
 class Subscription(Generic[T]):
-    """One subscriber's queue. `closed` says why it ended: "slow" or "shutdown"."""
+    """One subscriber's queue: at most QUEUE_SIZE deliveries waiting. `closed` says why it ended:
+    "slow" or "shutdown". Kept small (a list, and a future only while the subscriber waits):
+    a server holds thousands."""
 
-    tenant: str
-    queue: asyncio.Queue[Delivery[T] | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
-    closed: str = ""
+    __slots__ = ("_pending", "_waiter", "closed", "tenant")
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        self.closed = ""
+        self._pending: list[Delivery[T]] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def offer(self, delivery: Delivery[T]) -> bool:
+        """Queue a delivery; False when the subscriber is QUEUE_SIZE behind (nothing is queued)."""
+        if len(self._pending) >= QUEUE_SIZE:
+            return False
+        self._pending.append(delivery)
+        self._wake()
+        return True
 
     def _close(self, why: str) -> None:
-        if self.closed:
-            return
-        self.closed = why
-        while True:  # make room for the wake-up, dropping what the subscriber will never read
-            try:
-                self.queue.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                self.queue.get_nowait()
+        if not self.closed:
+            self.closed = why
+            self._pending.clear()  # what the subscriber will never read
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def next(self, wait: float) -> Delivery[T] | None:
         """The next delivery; None on timeout or when closed (check `closed`)."""
-        if self.closed:
+        if not self._pending and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._waiter
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        if self.closed or not self._pending:
             return None
-        try:
-            async with asyncio.timeout(wait):
-                return await self.queue.get()
-        except TimeoutError:
-            return None
+        return self._pending.pop(0)
 
 
 class EventHub(Generic[T]):
@@ -153,9 +170,7 @@ class EventHub(Generic[T]):
 
     def _deliver(self, delivery: Delivery[T]) -> None:
         for sub in list(self._subscribers.get(delivery.event.tenant, ())):
-            try:
-                sub.queue.put_nowait(delivery)
-            except asyncio.QueueFull:
+            if not sub.offer(delivery):
                 log.warning(
                     "a watcher of tenant %r fell %d events behind; cutting it off", sub.tenant, QUEUE_SIZE
                 )
