@@ -71,9 +71,9 @@ def _called(node: ast.Call) -> str:
 def reasons_in_source() -> set[tuple[str, str]]:
     """(reason, status) pairs the server code spells out where it raises or aborts.
 
-    InvalidRequest carries its reason per case, and a few aborts (store
-    failures, unexpected exceptions) name theirs directly; neither shows in
-    STATUS_OF's classes.
+    InvalidRequest and TooManyRequests carry their reason per case, and a few
+    aborts (store failures, unexpected exceptions) name theirs directly; none
+    of these shows in STATUS_OF's classes.
     """
     found: set[tuple[str, str]] = set()
     invalid_request = STATUS_OF[errors.InvalidRequest].name
@@ -87,6 +87,9 @@ def reasons_in_source() -> set[tuple[str, str]]:
                 keyword = next((k.value for k in node.keywords if k.arg == "reason"), None)
                 reason = _literal(node.args[1] if len(node.args) > 1 else keyword)
                 found.add((reason or errors.InvalidRequest.reason, invalid_request))
+            elif _called(node) == "TooManyRequests":
+                reason = _literal(next((k.value for k in node.keywords if k.arg == "reason"), None))
+                found.add((reason or errors.TooManyRequests.reason, STATUS_OF[errors.TooManyRequests].name))
             elif _called(node) == "abort" and len(node.args) == 4:
                 code, reason = node.args[1], _literal(node.args[3])
                 if isinstance(code, ast.Attribute) and reason is not None:
