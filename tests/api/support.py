@@ -182,8 +182,11 @@ def status_details(err: aio.AioRpcError) -> status_pb2.Status | None:
 
 def error_info(err: aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
     status = status_details(err)
-    if status is None:
-        return None
+    return None if status is None else status_error_info(status)
+
+
+def status_error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo among a google.rpc.Status's details, if any."""
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()

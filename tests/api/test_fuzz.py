@@ -35,7 +35,7 @@ import pytest
 import rotor_client
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -45,7 +45,7 @@ from rotor.config import Config, TenantConfig
 from rotor.core.clients import register_client
 from rotor.v1 import key_admin_pb2, token_service_pb2
 
-from .support import BASE_KEYS, BASE_TOKENS, ISSUER
+from .support import BASE_KEYS, BASE_TOKENS, ISSUER, status_error_info
 
 # Hypothesis caches what it learns under its home directory: keep that out of the repository.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "rotor-hypothesis")
@@ -174,15 +174,6 @@ def status_of(err: grpc.RpcError) -> status_pb2.Status | None:
     return None
 
 
-def error_info_of(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
-
-
 def assert_well_formed(outcome: bytes | grpc.RpcError, request_size: int, what: str) -> None:
     """A response, or an error as the contract describes every error."""
     if not isinstance(outcome, grpc.RpcError):
@@ -200,7 +191,7 @@ def assert_well_formed(outcome: bytes | grpc.RpcError, request_size: int, what: 
         return
     assert status.code == code.value[0] and status.message == message, f"{where}: {status}"
     assert status.ByteSize() <= 2 * MAX_MESSAGE_TEXT, f"{where}: a Status of {status.ByteSize()} bytes"
-    info = error_info_of(status)
+    info = status_error_info(status)
     assert info is not None, f"{where}: no ErrorInfo"
     assert info.domain == "rotor" and UPPER_SNAKE.fullmatch(info.reason), f"{where}: {info}"
 

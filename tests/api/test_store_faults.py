@@ -30,6 +30,7 @@ from rotor.config import Config, TlsConfig
 from rotor.store import sqlite as sqlite_store
 from rotor.store.sqlite import SqliteStore
 from rotor.v1 import key_admin_pb2
+from store.locks import write_lock_held
 
 from .support import BASE_KEYS, BASE_TOKENS, ISSUER, Credentials, Rotor, assert_error, failure, jwt_part
 
@@ -191,20 +192,6 @@ def assert_refused_in_one_line(run: CliRun) -> None:
 
 
 # -- SQLite: the write lock held by another process ------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def write_lock_held(path: Path) -> AsyncIterator[None]:
-    """Another process's connection holding the database's write lock until the block ends."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    try:
-        await asyncio.to_thread(conn.execute, "BEGIN EXCLUSIVE")
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(conn.execute, "ROLLBACK")
-    finally:
-        conn.close()
 
 
 async def test_writes_while_another_process_holds_the_lock_fail_retryably_and_change_nothing(

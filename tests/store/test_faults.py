@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ from rotor.store import sqlite as sqlite_store
 from rotor.store.sqlite import SqliteStore
 
 from .conformance import a_client, a_key
+from .locks import write_lock_held
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
@@ -30,20 +29,6 @@ BUSY_TIMEOUT_MS = 100
 @pytest.fixture(autouse=True)
 def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", BUSY_TIMEOUT_MS)
-
-
-@contextlib.asynccontextmanager
-async def write_lock_held(path: Path) -> AsyncIterator[None]:
-    """Another process's connection holding the database's write lock until the block ends."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    try:
-        await asyncio.to_thread(conn.execute, "BEGIN EXCLUSIVE")
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(conn.execute, "ROLLBACK")
-    finally:
-        conn.close()
 
 
 async def cap_at_current_size(store: SqliteStore) -> None:
