@@ -582,13 +582,6 @@ async def tenant_scene(make_rotor: MakeRotor) -> tuple[Scene, SigningKey]:
     return scene, SigningKey(signer.kid, signer.alg, signer.private_key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: revoked_tokens is keyed by jti alone (store/migrations/*/0001_init.sql, "
-    "_sql.INSERT_REVOKED_TOKEN ON CONFLICT (jti)), and core/tokens.py _revoke_access_token records a "
-    "token under its key's tenant whoever it names: a token signed by one tenant's key takes a jti of "
-    "another tenant, whose genuine revocation then inserts nothing and pushes no TOKEN_REVOKED",
-)
 async def test_a_token_signed_by_another_tenants_key_cannot_block_a_jtis_revocation(
     make_rotor: MakeRotor,
 ) -> None:

@@ -56,8 +56,8 @@ INSERT_REFRESH_TOKEN = _insert("refresh_tokens", TOKEN_COLUMNS)
 MARK_REFRESH_TOKEN_USED = "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL"
 
 # access-token revocations
-GET_REVOKED_TOKEN = f"SELECT {REVOKED_COLUMNS} FROM revoked_tokens WHERE jti = $1"
-INSERT_REVOKED_TOKEN = _insert("revoked_tokens", REVOKED_COLUMNS) + " ON CONFLICT (jti) DO NOTHING"
+GET_REVOKED_TOKEN = f"SELECT {REVOKED_COLUMNS} FROM revoked_tokens WHERE jti = $1 ORDER BY tenant LIMIT 1"
+INSERT_REVOKED_TOKEN = _insert("revoked_tokens", REVOKED_COLUMNS) + " ON CONFLICT (tenant, jti) DO NOTHING"
 # a tenant's revocations unexpired at $2, for a snapshot
 LIVE_REVOCATIONS = (
     f"SELECT {REVOKED_COLUMNS} FROM revoked_tokens WHERE tenant = $1 AND expires_at > $2 ORDER BY revoked_at"
