@@ -29,23 +29,28 @@ async def other_process(rotor: Rotor) -> AsyncIterator[Store]:
     await store.close()
 
 
+def count_client_reads(rotor: Rotor, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The client ids the server reads from its store from now on."""
+    reads: list[str] = []
+    real = rotor.server.store.get_client
+
+    async def counted(client_id: str) -> object:
+        reads.append(client_id)
+        return await real(client_id)
+
+    monkeypatch.setattr(rotor.server.store, "get_client", counted)
+    return reads
+
+
 async def test_a_known_client_is_authenticated_without_reading_the_store(
     rotor: Rotor, svc: Credentials, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await rotor.issue(svc)
     await asyncio.sleep(0.2)  # past the directory's look at the audit head that registering moved
-    reads = 0
-    real = rotor.server.store.get_client
-
-    async def counted(client_id: str) -> object:
-        nonlocal reads
-        reads += 1
-        return await real(client_id)
-
-    monkeypatch.setattr(rotor.server.store, "get_client", counted)
+    reads = count_client_reads(rotor, monkeypatch)
     for _ in range(20):
         await rotor.issue(svc)
-    assert reads == 0
+    assert reads == []
 
 
 async def test_a_client_disabled_by_this_process_is_refused_on_the_next_call(
@@ -99,3 +104,15 @@ async def test_a_client_registered_by_another_process_is_accepted_at_once(
     assert_error(await failure(rotor.issue(unknown)), grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT")
     registration = await register_client(other_process, SystemClock(), "newcomer", audiences=("api",))
     assert (await rotor.issue(Credentials("newcomer", registration.secret))).access_token
+
+
+async def test_an_audited_change_that_is_not_about_a_client_keeps_the_records(
+    rotor: Rotor, svc: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Revoke appends to the audit log too; the records stay, so the next call reads nothing."""
+    token = (await rotor.issue(svc)).access_token
+    await asyncio.sleep(0.2)
+    reads = count_client_reads(rotor, monkeypatch)
+    assert await rotor.revoke(svc, token)
+    await rotor.issue(svc)
+    assert reads == []

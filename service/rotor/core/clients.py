@@ -24,7 +24,7 @@ from typing import Protocol
 from rotor.clock import Clock
 from rotor.core import audit, validation
 from rotor.core.errors import ClientDisabled, InvalidClient, InvalidRequest, TooManyRequests, quote
-from rotor.core.model import DEFAULT_TENANT, Client
+from rotor.core.model import DEFAULT_TENANT, AuditEntry, Client
 from rotor.store import AlreadyExists, Store, Tx
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -260,12 +260,19 @@ class ClientDirectory:
         self._generation = 0  # bumped on every drop: a read begun before one is not kept
         self._head = -1
         self._task: asyncio.Task[None] | None = None
-        store.add_audit_listener(self.clear)
+        store.add_audit_listener(self._audited)
 
     def clear(self) -> None:
         self._generation += 1
         self._by_id.clear()
         self._by_san.clear()
+
+    def _audited(self, entries: tuple[AuditEntry, ...]) -> None:
+        """This process appended `entries`: drop the records if one concerns a client, or if the
+        log moved in between (another process's entry, unseen); else the head just moves on."""
+        if entries[0].sequence != self._head + 1 or any(e.action.startswith("client.") for e in entries):
+            self.clear()
+        self._head = max(self._head, entries[-1].sequence)
 
     def _check_head(self) -> None:
         head = self._store.audit_sequence_nowait()

@@ -176,9 +176,9 @@ class Store(Protocol):
         thread hop), else None."""
         ...
 
-    def add_audit_listener(self, listener: Callable[[], None]) -> None:
-        """Call `listener` after each commit of this process that appended an audit entry (every
-        change to a client does). It MUST NOT raise."""
+    def add_audit_listener(self, listener: Callable[[tuple[AuditEntry, ...]], None]) -> None:
+        """Call `listener` with the entries after each commit of this process that appended to the
+        audit log (every change to a client does). It MUST NOT raise."""
         ...
 
     async def close(self) -> None: ...

@@ -80,7 +80,7 @@ class SharedReads:
 class SharedTx(SharedReads):
     # appended to the head's SELECT where the backend needs a row lock to serialize appenders
     LOCK_HEAD = ""
-    audited = False  # whether this transaction appended an audit entry (set on the instance)
+    audited: tuple[AuditEntry, ...] = ()  # the audit entries this transaction appended (set on the instance)
 
     async def _count(self, sql: str, params: Iterable[Any], what: str = "row") -> int:
         raise NotImplementedError
@@ -147,7 +147,7 @@ class SharedTx(SharedReads):
             )
             await self._changed(_sql.INSERT_AUDIT, rows.audit_values(entry), "audit entry")
             await self._changed(_sql.ADVANCE_AUDIT_HEAD, (sequence, digest))
-            self.audited = True
+            self.audited = (*self.audited, entry)
         except StoreError:
             AUDIT_WRITE_FAILURES.count += 1  # the change fails with it (fail closed); operators are alerted
             raise
@@ -164,19 +164,19 @@ class SharedStore:
     """Store methods that are one write transaction of shared statements, and audit listeners."""
 
     def __init__(self) -> None:
-        self._audit_listeners: list[Callable[[], None]] = []
+        self._audit_listeners: list[Callable[[tuple[AuditEntry, ...]], None]] = []
 
     def transaction(self) -> AbstractAsyncContextManager[SharedTx]:
         raise NotImplementedError  # the backend's
 
-    def add_audit_listener(self, listener: Callable[[], None]) -> None:
+    def add_audit_listener(self, listener: Callable[[tuple[AuditEntry, ...]], None]) -> None:
         self._audit_listeners.append(listener)
 
     def _committed(self, tx: SharedTx) -> None:
         """Tell the audit listeners of a commit that appended to the audit log."""
         if tx.audited:
             for listener in self._audit_listeners:
-                listener()
+                listener(tx.audited)
 
     async def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> int | None:
         async with self.transaction() as tx:
