@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -281,23 +281,21 @@ class ClientDirectory:
             self.clear()
 
     async def get_client(self, client_id: str) -> Client | None:
-        self._check_head()
-        client = self._by_id.get(client_id)
-        if client is None:
-            generation = self._generation
-            client = await self._store.get_client(client_id)
-            if client is not None and generation == self._generation and len(self._by_id) < CACHE_SIZE:
-                self._by_id[client_id] = client
-        return client
+        return await self._lookup(self._by_id, client_id, self._store.get_client)
 
     async def get_client_by_cert_san(self, uri: str) -> Client | None:
+        return await self._lookup(self._by_san, uri, self._store.get_client_by_cert_san)
+
+    async def _lookup(
+        self, cache: dict[str, Client], key: str, read: Callable[[str], Awaitable[Client | None]]
+    ) -> Client | None:
         self._check_head()
-        client = self._by_san.get(uri)
+        client = cache.get(key)
         if client is None:
             generation = self._generation
-            client = await self._store.get_client_by_cert_san(uri)
-            if client is not None and generation == self._generation and len(self._by_san) < CACHE_SIZE:
-                self._by_san[uri] = client
+            client = await read(key)
+            if client is not None and generation == self._generation and len(cache) < CACHE_SIZE:
+                cache[key] = client  # unless the records were dropped while it was read
         return client
 
     async def start(self) -> None:
