@@ -24,6 +24,7 @@ log = logging.getLogger("rotor.events")
 
 T = TypeVar("T")
 QUEUE_SIZE = 1024
+BATCH = 500  # events read from the log at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +157,7 @@ class EventHub(Generic[T]):
     async def catch_up(self) -> None:
         """Read and deliver every event committed since the last one delivered."""
         while True:
-            batch = await self._store.events_after(self._cursor)
-            if not batch:
-                return
+            batch = await self._store.events_after(self._cursor, limit=BATCH)
             for stored in batch:
                 event = stored.decode()
                 if self._on_event is not None:
@@ -167,6 +166,8 @@ class EventHub(Generic[T]):
                 self._cursor = stored.sequence
                 self.last_sequence[stored.tenant] = stored.sequence
                 self.generation += 1
+            if len(batch) < BATCH:  # the whole log is read: no need to ask again
+                return
 
     def _deliver(self, delivery: Delivery[T]) -> None:
         for sub in list(self._subscribers.get(delivery.event.tenant, ())):
