@@ -9,12 +9,13 @@ checks, row locks on reads) stays in each backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from rotor.core.audit import chain_hash
 from rotor.core.model import (
+    LIVE_STATES,
     AuditEntry,
     Client,
     ClientRevocation,
@@ -24,6 +25,7 @@ from rotor.core.model import (
     RefreshToken,
     RevokedToken,
     SigningKey,
+    Snapshot,
 )
 from rotor.store import StoreError, _sql, rows
 
@@ -68,6 +70,22 @@ class SharedReads:
     async def get_operation(self, operation_id: str) -> Operation | None:
         row = await self._one(_sql.GET_OPERATION, (operation_id,))
         return rows.operation(row) if row else None
+
+    async def list_keys(self, tenant: str, states: Collection[KeyState] | None = None) -> list[SigningKey]:
+        raise NotImplementedError  # the backend's
+
+    async def read_snapshot(self, tenant: str, now: float) -> Snapshot:
+        """A tenant's Snapshot; the caller runs it inside one read transaction."""
+        keys = await self.list_keys(tenant, LIVE_STATES)
+        revocations = await self._all(_sql.LIVE_REVOCATIONS, (tenant, now))
+        clients = await self._all(_sql.LIVE_CLIENT_REVOCATIONS, (tenant, now))
+        return Snapshot(
+            tenant,
+            await self.last_sequence(tenant),
+            tuple(keys),
+            tuple(rows.revoked(r) for r in revocations),
+            tuple(rows.client_revocation(r) for r in clients),
+        )
 
     async def last_sequence(self, tenant: str | None = None) -> int:
         if tenant is None:

@@ -35,7 +35,6 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 
 from rotor.core.model import (
-    LIVE_STATES,
     AuditEntry,
     Client,
     KeyState,
@@ -380,18 +379,7 @@ class PostgresStore(SharedStore):
     async def snapshot(self, tenant: str, now: float) -> Snapshot:
         with _driver_errors():
             async with self._acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                reads = _Reads(conn)  # one snapshot for the three reads
-                keys = await reads.list_keys(tenant, LIVE_STATES)
-                revocations = await reads._all(_sql.LIVE_REVOCATIONS, (tenant, now))
-                clients = await reads._all(_sql.LIVE_CLIENT_REVOCATIONS, (tenant, now))
-                sequence = await reads.last_sequence(tenant)
-        return Snapshot(
-            tenant,
-            sequence,
-            tuple(keys),
-            tuple(rows.revoked(r) for r in revocations),
-            tuple(rows.client_revocation(r) for r in clients),
-        )
+                return await _Reads(conn).read_snapshot(tenant, now)
 
     async def last_sequence(self, tenant: str | None = None) -> int:
         return await self._pooled().last_sequence(tenant)

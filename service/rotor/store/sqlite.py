@@ -366,23 +366,11 @@ class SqliteStore(SharedStore):
                     # BEGIN inside the try: a cancelled caller must still COMMIT, or the shared
                     # reader would stay in a stale read transaction for every later read.
                     await self._reader.execute("BEGIN")
-                    keys = await self._reads.list_keys(
-                        tenant, (KeyState.PENDING, KeyState.ACTIVE, KeyState.RETIRED)
-                    )
-                    revocations = await self._reads._all(_sql.LIVE_REVOCATIONS, (tenant, now))
-                    clients = await self._reads._all(_sql.LIVE_CLIENT_REVOCATIONS, (tenant, now))
-                    sequence = await self._reads.last_sequence(tenant)
+                    return await self._reads.read_snapshot(tenant, now)
                 finally:
                     await asyncio.shield(self._end_read())
             except (sqlite3.Error, Unavailable) as e:
                 raise Unavailable(f"the SQLite store could not be read: {e}") from e
-        return Snapshot(
-            tenant,
-            sequence,
-            tuple(keys),
-            tuple(rows.revoked(r) for r in revocations),
-            tuple(rows.client_revocation(r) for r in clients),
-        )
 
     async def _end_read(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # none open: BEGIN never ran
