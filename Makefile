@@ -8,13 +8,25 @@ GEN_DIR := service
 # the protos with their comments, for reflection (grpcurl describe shows them)
 DESCRIPTORS := rotor/v1/descriptors.binpb
 
-.PHONY: run test acceptance acceptance-postgres bench bench-smoke check proto proto-check lint types fmt ci clean
+.PHONY: system-packages run test acceptance acceptance-postgres bench bench-smoke check proto proto-check lint types fmt ci clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+# Debian packages some tests need (each such test skips outside CI naming its package,
+# and fails in CI without it). One `SYSTEM_PACKAGES += NAME` line per package, with why.
+SYSTEM_PACKAGES :=
+
+## system-packages: install the Debian packages the tests need (apt-get, as root; CI runs it)
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	else echo "system packages present: $(or $(strip $(SYSTEM_PACKAGES)),none needed)"; fi
 
 ## run: the dev server (SQLite under ./data, 127.0.0.1:50051, a demo client)
 run: $(STAMP)
