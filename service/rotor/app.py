@@ -24,6 +24,7 @@ from rotor.api.limits import AuthBackoff, RateLimiter, WatcherLimits
 from rotor.api.servicers import HEARTBEAT_INTERVAL, KeyAdminServicer, KeySetCache, TokenServicer
 from rotor.clock import Clock, SystemClock
 from rotor.config import Config
+from rotor.core.audit import RefusalBudget
 from rotor.core.clients import Authenticator, ClientDirectory
 from rotor.core.crypto import AesGcmSealer, load_kek
 from rotor.core.events import EventHub
@@ -54,6 +55,7 @@ GRPC_OPTIONS = [
     ("grpc.server.max_pending_requests_hard_limit", 30_000),
 ]
 POLL = 0.5  # seconds between looks at the event log for other processes' writes
+REFUSAL_FLUSH = 10.0  # seconds between writes of refusal summaries (see RefusalBudget)
 POLL_SHARED = 0.05  # the same, for workers sharing a port: a watcher may be on any of them
 
 
@@ -197,9 +199,13 @@ class RotorServer:
         self._running.push_async_callback(directory.stop)
         auth = CallerAuth(Authenticator(directory, self.clock), AuthBackoff(self.clock))
         self.watcher_limits = WatcherLimits(limits.watchers_per_client, limits.max_watchers)
+        refusals = RefusalBudget(limits.audit_refusals_per_minute, self.metrics.audit_refusals_suppressed.inc)
         rates = (
             RateLimiter("Issue", limits.issue_rate, limits.issue_burst, self.clock),
             RateLimiter("Refresh", limits.refresh_rate, limits.refresh_burst, self.clock),
+        )
+        key_admin = KeyAdminServicer(
+            auth, self.keys, self.tokens, self.store, self.watchers, self.clock, self.metrics, refusals
         )
         self.server.add_generic_rpc_handlers(
             (
@@ -217,12 +223,13 @@ class RotorServer:
                     self.metrics,
                     self.watchers,
                     limits.write_timeout,
+                    refusals,
                 ).handler(),
-                KeyAdminServicer(
-                    auth, self.keys, self.tokens, self.store, self.watchers, self.clock, self.metrics
-                ).handler(),
+                key_admin.handler(),
             )
         )
+        flusher = asyncio.create_task(self._flush_refusals(key_admin), name="rotor-refusal-summaries")
+        self._running.push_async_callback(_cancel, flusher)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable(
             self.server, [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -257,6 +264,15 @@ class RotorServer:
             self._running.push_async_callback(self.http.stop)
         await self._set_health()
 
+    async def _flush_refusals(self, key_admin: KeyAdminServicer) -> None:
+        """Write the summary of each closed minute in which refused calls were left out of the log."""
+        while True:
+            await asyncio.sleep(REFUSAL_FLUSH)
+            try:
+                await key_admin.flush_refusal_summaries()
+            except Exception as e:  # the store away: the summaries wait for the next round
+                log.warning("cannot write refusal summaries to the audit log: %s", e)
+
     def ready(self) -> bool:
         """Whether this server can do its job: not stopping, and every tenant has a key that signs."""
         # a tenant that has no key yet (just created, its first key on the way) does not count
@@ -288,6 +304,12 @@ class RotorServer:
         await asyncio.sleep(0.05)  # let the streams send their final status
         await self.server.stop(grace)
         await self._running.aclose()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def address(listen: str, port: int) -> str:

@@ -98,6 +98,7 @@ class LimitsConfig:
     keepalive_timeout: float = 20.0  # ...and drops it when the ping is not answered in time
     idle_timeout: float = 600.0  # a connection with no call for this long is closed
     write_timeout: float = 10.0  # a watcher that takes no message for this long is cut off
+    audit_refusals_per_minute: int = 60  # refusal entries per peer address a minute; 0 = no cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "keepalive_timeout": "duration",
         "idle_timeout": "duration",
         "write_timeout": "duration",
+        "audit_refusals_per_minute": "int",
     },
 }
 _TENANT_SCHEMA = {"algorithm": "str"}  # each [tenants.NAME] table
@@ -369,6 +371,8 @@ def _limits_violations(limits: LimitsConfig) -> list[str]:
             out.append(f"limits.{kind}_rate: must not be negative (0 turns the limit off)")
         elif rate > 0 and burst < 1:
             out.append(f"limits.{kind}_burst: must be at least 1 while limits.{kind}_rate is on")
+    if limits.audit_refusals_per_minute < 0:
+        out.append("limits.audit_refusals_per_minute: must be 0 (no cap) or more")
     if limits.watchers_per_client < 1:
         out.append("limits.watchers_per_client: must be at least 1")
     if limits.max_watchers < limits.watchers_per_client:

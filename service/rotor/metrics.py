@@ -84,6 +84,12 @@ class Metrics:
             ["tenant", "type"],
             registry=r,
         )
+        self.audit_refusals_suppressed = Counter(
+            "rotor_audit_refusals_suppressed_total",
+            "Refused calls left out of the audit log: past [limits] audit_refusals_per_minute from one "
+            "address (a summary entry a minute counts them there too).",
+            registry=r,
+        )
         self.watchers = Gauge("rotor_watchers_connected", "Open WatchKeyRotations streams.", registry=r)
         self.delivery_lag = Histogram(
             "rotor_event_delivery_lag_seconds",

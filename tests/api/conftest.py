@@ -36,10 +36,11 @@ async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         tls: TlsConfig | None = None,
         tenants: dict[str, TenantConfig] | None = None,
         limits: dict[str, Any] | None = None,
+        listen: str = "127.0.0.1:0",
         **server_options: Any,
     ) -> Rotor:
         config = Config(
-            listen="127.0.0.1:0",
+            listen=listen,
             http_listen=http_listen,
             tls=tls or TlsConfig(),
             data_dir=str(tmp_path / f"data{len(started)}"),

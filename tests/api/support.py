@@ -99,7 +99,7 @@ class Rotor:
     def __init__(self, server: RotorServer) -> None:
         self.server = server
         self.config = server.config
-        self.address = f"127.0.0.1:{server.port}"
+        self.address = f"{server.config.listen.rpartition(':')[0]}:{server.port}"
         self._channels: list[aio.Channel] = []
         self.stopped = False
         channel = self.channel()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from rotor.core import lifecycle
-from rotor.core.errors import InvalidRequest
+from rotor.core.clients import UPDATABLE
+from rotor.core.errors import InvalidRequest, quote
 from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import (
     AuditEntry,
+    Client,
     ClientRevocation,
     Event,
     EventType,
@@ -68,6 +71,42 @@ def seconds_of(value: duration_pb2.Duration, field: str) -> float:
             field,
         )
     return s + n / 1e9
+
+
+def client(c: Client) -> key_admin_pb2.Client:
+    """A client as KeyAdmin shows it: never its secret or a hash of it."""
+    msg = key_admin_pb2.Client(
+        client_id=c.client_id,
+        tenant=c.tenant,
+        scopes=c.scopes,
+        audiences=c.audiences,
+        admin=c.admin,
+        allow_any_subject=c.allow_any_subject,
+        cert_sans=[c.cert_san] if c.cert_san else [],
+        allowed_cidrs=c.allowed_cidrs,
+        disabled=c.disabled,
+        created_at=timestamp(c.created_at),
+    )
+    if c.secret_expires_at is not None:
+        msg.secret_expires_at.CopyFrom(timestamp(c.secret_expires_at))
+    return msg
+
+
+def client_changes(paths: Sequence[str], c: key_admin_pb2.Client) -> dict[str, Any]:
+    """UpdateClient's field mask and values as the core's changes (each path once)."""
+    if len(paths) > len(UPDATABLE):
+        raise InvalidRequest("update_mask names too many fields", "TOO_MANY_VALUES", "update_mask")
+    changes: dict[str, Any] = {}
+    for path in paths:
+        if path not in UPDATABLE:
+            raise InvalidRequest(
+                f"update_mask names {quote(path)}, which UpdateClient cannot change; it may name "
+                + ", ".join(UPDATABLE),
+                "INVALID_VALUE",
+                "update_mask",
+            )
+        changes[path] = getattr(c, path)
+    return changes
 
 
 def key(k: SigningKey) -> keys_pb2.Key:

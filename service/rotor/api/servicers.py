@@ -14,9 +14,11 @@ import grpc
 from rotor.api import convert
 from rotor.api.auth import CallerAuth, basic_credentials_or_none, bound_certificate
 from rotor.api.handlers import Context, service, streaming, unary
-from rotor.api.limits import RateLimiter, WatcherLimits
+from rotor.api.limits import RateLimiter, WatcherLimits, peer_address
 from rotor.clock import Clock
 from rotor.core import audit, validation
+from rotor.core.audit import RefusalBudget, Suppressed
+from rotor.core.clients import ClientAdmin, check_address
 from rotor.core.errors import (
     AdminRequired,
     ClientDisabled,
@@ -96,7 +98,9 @@ class TokenServicer:
         metrics: Metrics | None = None,
         watchers: WatcherRegistry | None = None,
         write_timeout: float = WRITE_TIMEOUT,
+        refusals: RefusalBudget | None = None,
     ) -> None:
+        self._refusals = refusals
         self._auth, self._tokens, self._keys, self._store = auth, tokens, keys, store
         self._metrics = metrics
         self._watchers = watchers or WatcherRegistry()
@@ -114,8 +118,11 @@ class TokenServicer:
         self, request: token_service_pb2.IssueRequest, context: Context
     ) -> token_service_pb2.TokenResponse:
         client = await self._auth.require(context)
+        await check_address(self._store, self._clock, client, context.peer(), "Issue", self._refusals)
         self._issue_rate.take(client.client_id)
         ttl = convert.seconds_of(request.ttl, "ttl") if request.HasField("ttl") else None
+        if not self._keys.keyring.has_active(client.tenant):
+            await self._keys.ensure_signing(client.tenant)  # a tenant created a moment ago
         issued = await self._tokens.issue(
             client,
             audiences=tuple(request.audience),
@@ -131,7 +138,10 @@ class TokenServicer:
         self, request: token_service_pb2.RefreshRequest, context: Context
     ) -> token_service_pb2.TokenResponse:
         client = await self._auth.require(context)
+        await check_address(self._store, self._clock, client, context.peer(), "Refresh", self._refusals)
         self._refresh_rate.take(client.client_id)
+        if not self._keys.keyring.has_active(client.tenant):
+            await self._keys.ensure_signing(client.tenant)
         issued = await self._tokens.refresh(
             client,
             refresh_token=request.refresh_token,
@@ -145,6 +155,7 @@ class TokenServicer:
         self, request: token_service_pb2.RevokeRequest, context: Context
     ) -> token_service_pb2.RevokeResponse:
         client = await self._auth.require(context)
+        await check_address(self._store, self._clock, client, context.peer(), "Revoke", self._refusals)
         revoked = await self._tokens.revoke(client, token=request.token, reason=request.reason)
         return token_service_pb2.RevokeResponse(revoked=revoked)
 
@@ -238,9 +249,12 @@ class KeyAdminServicer:
         watchers: WatcherRegistry,
         clock: Clock,
         metrics: Metrics | None = None,
+        refusals: RefusalBudget | None = None,
     ) -> None:
         self._auth, self._keys, self._tokens, self._store = auth, keys, tokens, store
         self._watchers, self._clock, self._metrics = watchers, clock, metrics
+        self._clients = ClientAdmin(store, clock, tokens.policy.max_access_ttl)
+        self._refusals = refusals or RefusalBudget(0)
 
     async def _admin(self, context: Context, rpc: str) -> Client:
         """The calling admin; a refused attempt is written to the audit log, then refused."""
@@ -260,15 +274,44 @@ class KeyAdminServicer:
     async def _audit_refusal(
         self, actor: str, rpc: str, reason: str, context: Context, tenant: str = "", **details: str
     ) -> None:
+        """Write a refusal to the audit log, within the caller's address's budget (a flood of
+        refused calls adds a summary entry a minute, not an entry each)."""
+        now = self._clock.now()
+        if not self._refusals.admit(peer_address(context.peer()), now):
+            return
         async with self._store.transaction() as tx:
             await tx.append_audit(
-                self._clock.now(),
-                actor,
+                now,
+                actor[:128],
                 "admin.denied",
                 rpc,
                 "denied",
                 tenant,
-                audit.details(reason=reason, peer=context.peer(), **details),
+                audit.details(reason=reason, peer=context.peer()[:128], **details),
+            )
+            await self._write_summaries(tx, self._refusals.summaries(), now)
+
+    async def flush_refusal_summaries(self) -> None:
+        """Write the summaries of refusal windows that have closed (the server calls this often)."""
+        summaries = self._refusals.summaries(self._clock.now())
+        if summaries:
+            async with self._store.transaction() as tx:
+                await self._write_summaries(tx, summaries, self._clock.now())
+
+    async def _write_summaries(self, tx: Any, summaries: list[Suppressed], now: float) -> None:
+        for s in summaries:
+            await tx.append_audit(
+                now,
+                audit.SYSTEM,
+                "audit.refusals_suppressed",
+                s.address,
+                "denied",
+                "",
+                audit.details(
+                    suppressed=s.count,
+                    since=s.since,
+                    limit="[limits] audit_refusals_per_minute",
+                ),
             )
 
     async def _within(self, admin: Client, tenant: str, rpc: str, context: Context) -> str:
@@ -350,6 +393,12 @@ class KeyAdminServicer:
                 "ListAuditEvents": (self.list_audit_events, key_admin_pb2.ListAuditEventsRequest),
                 "RevokeClientTokens": (self.revoke_client_tokens, key_admin_pb2.RevokeClientTokensRequest),
                 "GetRotationStatus": (self.get_rotation_status, key_admin_pb2.GetRotationStatusRequest),
+                "CreateClient": (self.create_client, key_admin_pb2.CreateClientRequest),
+                "GetClient": (self.get_client, key_admin_pb2.GetClientRequest),
+                "ListClients": (self.list_clients, key_admin_pb2.ListClientsRequest),
+                "UpdateClient": (self.update_client, key_admin_pb2.UpdateClientRequest),
+                "DeleteClient": (self.delete_client, key_admin_pb2.DeleteClientRequest),
+                "RotateClientSecret": (self.rotate_client_secret, key_admin_pb2.RotateClientSecretRequest),
             },
             {},
             self._metrics,
@@ -411,6 +460,97 @@ class KeyAdminServicer:
                 for w in self._watchers.named(tenant)
             ],
         )
+
+    # -- clients ------------------------------------------------------------------
+
+    async def _managed_client(self, admin: Client, client_id: str, rpc: str, context: Context) -> Client:
+        """The client `client_id`, if the admin may manage it (its tenant's admins, or the default
+        tenant's); NOT_FOUND when there is none, PERMISSION_DENIED (audited) for another tenant's."""
+        client_id = _required(validation.identifier(client_id, "client_id"), "client_id")
+        target = await self._clients.get(client_id)
+        await self._within(admin, target.tenant, rpc, context)
+        return target
+
+    @unary
+    async def create_client(
+        self, request: key_admin_pb2.CreateClientRequest, context: Context
+    ) -> key_admin_pb2.CreateClientResponse:
+        admin = await self._admin(context, "CreateClient")
+        tenant = validation.identifier(request.tenant, "tenant") or admin.tenant  # a tenant's admin: its own
+        await self._within(admin, tenant, "CreateClient", context)
+        ttl = convert.seconds_of(request.secret_ttl, "secret_ttl") if request.HasField("secret_ttl") else None
+        registration = await self._clients.create(
+            request.name,
+            tenant=tenant,
+            scopes=tuple(request.scopes),
+            audiences=tuple(request.audiences),
+            admin=request.admin,
+            allow_any_subject=request.allow_any_subject,
+            cert_sans=tuple(request.cert_sans),
+            allowed_cidrs=tuple(request.allowed_cidrs),
+            secret_ttl=ttl,
+            actor=admin.client_id,
+        )
+        await self._keys.ensure_signing(tenant)  # a new tenant's first Issue must not wait for its key
+        return key_admin_pb2.CreateClientResponse(
+            client=convert.client(registration.client), client_secret=registration.secret
+        )
+
+    @unary
+    async def get_client(
+        self, request: key_admin_pb2.GetClientRequest, context: Context
+    ) -> key_admin_pb2.GetClientResponse:
+        admin = await self._admin(context, "GetClient")
+        target = await self._managed_client(admin, request.client_id, "GetClient", context)
+        return key_admin_pb2.GetClientResponse(client=convert.client(target))
+
+    @unary
+    async def list_clients(
+        self, request: key_admin_pb2.ListClientsRequest, context: Context
+    ) -> key_admin_pb2.ListClientsResponse:
+        admin = await self._admin(context, "ListClients")
+        tenant = validation.identifier(request.tenant, "tenant") or admin.tenant
+        await self._within(admin, tenant, "ListClients", context)
+        page = await self._clients.list(tenant, page_size=request.page_size, page_token=request.page_token)
+        return key_admin_pb2.ListClientsResponse(
+            clients=[convert.client(c) for c in page.clients], next_page_token=page.next_page_token
+        )
+
+    @unary
+    async def update_client(
+        self, request: key_admin_pb2.UpdateClientRequest, context: Context
+    ) -> key_admin_pb2.UpdateClientResponse:
+        admin = await self._admin(context, "UpdateClient")
+        target = await self._managed_client(admin, request.client_id, "UpdateClient", context)
+        changes = convert.client_changes(request.update_mask.paths, request.client)
+        updated = await self._clients.update(
+            target.client_id, changes, revoke_tokens=request.revoke_tokens, actor=admin.client_id
+        )
+        return key_admin_pb2.UpdateClientResponse(client=convert.client(updated))
+
+    @unary
+    async def delete_client(
+        self, request: key_admin_pb2.DeleteClientRequest, context: Context
+    ) -> key_admin_pb2.DeleteClientResponse:
+        admin = await self._admin(context, "DeleteClient")
+        target = await self._managed_client(admin, request.client_id, "DeleteClient", context)
+        families, not_before = await self._clients.delete(target.client_id, actor=admin.client_id)
+        return key_admin_pb2.DeleteClientResponse(
+            families_revoked=families, not_before=convert.timestamp(not_before)
+        )
+
+    @unary
+    async def rotate_client_secret(
+        self, request: key_admin_pb2.RotateClientSecretRequest, context: Context
+    ) -> key_admin_pb2.RotateClientSecretResponse:
+        admin = await self._admin(context, "RotateClientSecret")
+        target = await self._managed_client(admin, request.client_id, "RotateClientSecret", context)
+        overlap = convert.seconds_of(request.overlap, "overlap") if request.HasField("overlap") else 0.0
+        ttl = convert.seconds_of(request.secret_ttl, "secret_ttl") if request.HasField("secret_ttl") else None
+        _, secret = await self._clients.rotate_secret(
+            target.client_id, overlap=overlap, secret_ttl=ttl, actor=admin.client_id
+        )
+        return key_admin_pb2.RotateClientSecretResponse(client_secret=secret)
 
 
 DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE = 100, 1000

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from rotor.core.model import AuditEntry
@@ -98,3 +99,70 @@ class ChainVerifier:
             )
         if head_hash != self.last_hash:
             raise ChainBroken(self.last_sequence, "the last entry's hash is not the head's (edited)")
+
+
+@dataclass(slots=True)
+class _Window:
+    started: float
+    written: int = 0
+    suppressed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    """Refusals from one address left out of the log in one window: one summary entry says so."""
+
+    address: str
+    count: int
+    since: float
+
+
+class RefusalBudget:
+    """How many refusal entries each peer address may add to the log: at most `per_minute` a
+    minute, so that callers who are refused (anonymous ones above all) cannot grow the log without
+    bound. The rest are counted, and once the minute is over one summary entry says how many.
+
+    Only refusals go through here: the audit of real changes stays fail-closed and unlimited.
+    Each process keeps its own budget (with --workers, each worker).
+    """
+
+    WINDOW = 60.0
+    MAX_ADDRESSES = 10_000  # addresses tracked at once; beyond, newcomers share one window
+
+    def __init__(self, per_minute: int, on_suppressed: Callable[[], None] | None = None) -> None:
+        self._limit = per_minute
+        self._windows: dict[str, _Window] = {}
+        self._pending: list[Suppressed] = []
+        self._on_suppressed = on_suppressed
+
+    def admit(self, address: str, now: float) -> bool:
+        """Whether a refusal from `address` at `now` is written; False counts it as suppressed."""
+        if self._limit <= 0:
+            return True  # 0: no cap
+        window = self._windows.get(address)
+        if window is None and len(self._windows) >= self.MAX_ADDRESSES:
+            address = "*"  # a spray of addresses shares one window
+            window = self._windows.get(address)
+        if window is None or now - window.started >= self.WINDOW:
+            if window is not None and window.suppressed:
+                self._pending.append(Suppressed(address, window.suppressed, window.started))
+            window = self._windows[address] = _Window(now)
+        if window.written < self._limit:
+            window.written += 1
+            return True
+        window.suppressed += 1
+        if self._on_suppressed is not None:
+            self._on_suppressed()
+        return False
+
+    def summaries(self, now: float | None = None) -> list[Suppressed]:
+        """The summaries due, each returned once: those of windows a later refusal closed and, with
+        `now`, of every window whose minute is over (quiet ones are forgotten then)."""
+        if now is not None:
+            for address, window in list(self._windows.items()):
+                if now - window.started >= self.WINDOW:
+                    del self._windows[address]
+                    if window.suppressed:
+                        self._pending.append(Suppressed(address, window.suppressed, window.started))
+        out, self._pending = self._pending, []
+        return out

@@ -14,18 +14,33 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
+import math
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from rotor.clock import Clock
 from rotor.core import audit, validation
-from rotor.core.errors import ClientDisabled, InvalidClient, InvalidRequest, TooManyRequests, quote
-from rotor.core.model import DEFAULT_TENANT, AuditEntry, Client
+from rotor.core.errors import (
+    AddressNotAllowed,
+    ClientDisabled,
+    ClientExists,
+    ClientNotFound,
+    InvalidClient,
+    InvalidRequest,
+    SelfLockout,
+    TooManyRequests,
+    quote,
+)
+from rotor.core.model import DEFAULT_TENANT, AuditEntry, Client, ClientRevocation, Event, EventType
 from rotor.store import AlreadyExists, Store, Tx
+
+__all__ = ["ClientExists"]  # raised by register_client; defined with the other domain errors
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 CACHE_TTL = 300.0  # how long a secret that matched its stored hash skips the slow check
@@ -64,10 +79,6 @@ def verify_secret(stored: str, secret: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-class ClientExists(Exception):
-    """Raised when registering a client id that is taken."""
-
-
 @dataclass(frozen=True, slots=True)
 class Registration:
     client: Client
@@ -87,6 +98,7 @@ async def register_client(
     cert_san: str | None = None,
     expires_in: float | None = None,
     actor: str = audit.CLI,
+    allowed_cidrs: Sequence[str] = (),
 ) -> Registration:
     """Register a client with a fresh secret; ClientExists if the id (or the certificate SAN) is taken.
 
@@ -116,6 +128,7 @@ async def register_client(
         created_at=clock.now(),
         cert_san=_cert_san(cert_san) if cert_san is not None else None,
         secret_expires_at=clock.now() + expires_in if expires_in is not None else None,
+        allowed_cidrs=cidrs(allowed_cidrs),
     )
     try:
         async with store.transaction() as tx:
@@ -133,6 +146,7 @@ async def register_client(
                     admin=client.admin or None,
                     cert_san=client.cert_san,
                     secret_expires_at=client.secret_expires_at,
+                    allowed_cidrs=list(client.allowed_cidrs) or None,
                 ),
             )
     except AlreadyExists:
@@ -215,6 +229,359 @@ async def _existing(tx: Tx, client_id: str) -> Client:
     if client is None:
         raise InvalidClient(f"no client named {client_id!r}")
     return client
+
+
+# -- client administration: the `rotor clients` command (on the store) and KeyAdmin's client RPCs -----
+
+MAX_CIDRS = 64
+UPDATABLE = ("scopes", "audiences", "admin", "allow_any_subject", "cert_sans", "allowed_cidrs", "disabled")
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NETWORK = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def cidrs(values: Sequence[str], field: str = "allowed_cidrs") -> tuple[str, ...]:
+    """Networks as registered: CIDRs (IPv4 or IPv6; a bare address is one host), normalized and
+    de-duplicated in request order."""
+    out: dict[str, None] = {}
+    for i, value in enumerate(values):
+        if i >= MAX_CIDRS:
+            raise InvalidRequest(
+                f"{field}: at most {MAX_CIDRS} networks are allowed", "TOO_MANY_VALUES", field
+            )
+        try:
+            network = ipaddress.ip_network(value.strip(), strict=True) if len(value) <= 64 else None
+        except ValueError as e:
+            hint = ""
+            if "host bits set" in str(e):
+                hint = f" (host bits set: did you mean {ipaddress.ip_network(value.strip(), strict=False)}?)"
+            raise InvalidRequest(
+                f"{field}[{i}] {quote(value)} is not a network in CIDR notation such as 10.0.0.0/8 or "
+                f"fd00::/8{hint}",
+                "INVALID_VALUE",
+                field,
+            ) from None
+        if network is None:
+            raise InvalidRequest(f"{field}[{i}] is too long for a CIDR", "VALUE_TOO_LONG", field)
+        out[str(network)] = None
+    return tuple(out)
+
+
+def _address(peer: str) -> _IP | None:
+    """The IP address of a transport peer ("ipv4:10.0.0.7:51234", "ipv6:[::1]:51234", or a bare
+    address); None when it has none (a Unix socket)."""
+    kind, _, rest = urllib.parse.unquote(peer).partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host = rest.rsplit(":", 1)[0] if rest.count(":") and not rest.endswith("]") else rest
+        host = host.strip("[]").split("%", 1)[0]
+    else:
+        host = peer.strip("[]").split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # ::ffff:10.0.0.7 is 10.0.0.7 (a dual-stack listener)
+    return address
+
+
+def _peer_host(peer: str) -> str:
+    """A peer's address without its port, as refusal budgets count it."""
+    address = _address(peer)
+    return str(address) if address is not None else peer[:128]
+
+
+def address_allowed(client: Client, peer: str) -> bool:
+    """Whether `client` may call from the transport peer `peer`: any address when it has no
+    allowed_cidrs; otherwise one inside them (a peer with no IP address never is)."""
+    if not client.allowed_cidrs:
+        return True
+    address = _address(peer)
+    if address is None:
+        return False
+    networks: list[_NETWORK] = [ipaddress.ip_network(c) for c in client.allowed_cidrs]
+    return any(address.version == n.version and address in n for n in networks)
+
+
+async def check_address(
+    store: Store, clock: Clock, client: Client, peer: str, rpc: str, budget: audit.RefusalBudget | None = None
+) -> None:
+    """AddressNotAllowed (after writing the refusal to the audit log, within `budget`) unless
+    `client` may call from `peer`. Only the transport's peer counts: no header is trusted."""
+    if address_allowed(client, peer):
+        return
+    now = clock.now()
+    if budget is None or budget.admit(_peer_host(peer), now):
+        async with store.transaction() as tx:
+            await tx.append_audit(
+                now,
+                client.client_id,
+                "client.address_denied",
+                rpc,
+                "denied",
+                client.tenant,
+                audit.details(reason=AddressNotAllowed.reason, peer=peer[:128]),
+            )
+    raise AddressNotAllowed(
+        f"client {client.client_id!r} may call only from {', '.join(client.allowed_cidrs)[:200]}; this call "
+        f"came from {quote(peer)}: call from an allowed network, or ask an admin to change allowed_cidrs"
+    )
+
+
+async def revoke_tokens_in(
+    tx: Tx, client: Client, now: float, reason: str, max_access_ttl: float
+) -> tuple[int, float]:
+    """Inside `tx`: end every refresh family of `client` and revoke its access tokens issued before
+    now, at every verifier (a CLIENT_REVOKED event). Returns the families revoked and `not_before`.
+
+    `not_before` is the next whole second: tokens carry whole-second `iat`, so a token issued in
+    the same second, before or after, is refused too (never one issued before let through). The
+    revocation is kept until the last token it covers has expired (readers add clock skew).
+    """
+    families = await tx.revoke_client_families(client.client_id, now, reason)
+    not_before = float(math.floor(now) + 1)
+    revocation = ClientRevocation(client.client_id, client.tenant, not_before, not_before + max_access_ttl)
+    await tx.put_client_revocation(revocation)
+    payload = Event.encode_payload(None, (), None, revocation)
+    await tx.append_event(client.tenant, EventType.CLIENT_REVOKED.value, now, payload)
+    return families, not_before
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPage:
+    clients: tuple[Client, ...]
+    next_page_token: str  # "" on the last page
+
+
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+
+class ClientAdmin:
+    """Every change an operator makes to clients, each audited in its own transaction.
+
+    The `rotor clients` command (on the store, actor "cli") and KeyAdmin's client RPCs (actor: the
+    calling admin) both come here. Who may manage which tenant is the api layer's to check; what
+    no actor may do to itself (lose its admin flag, delete or disable itself) is checked here.
+    """
+
+    def __init__(self, store: Store, clock: Clock, max_access_ttl: float) -> None:
+        self._store, self._clock, self._max_access_ttl = store, clock, max_access_ttl
+
+    async def create(
+        self,
+        name: str,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        scopes: Sequence[str] = (),
+        audiences: Sequence[str] = (),
+        admin: bool = False,
+        allow_any_subject: bool = False,
+        cert_sans: Sequence[str] = (),
+        allowed_cidrs: Sequence[str] = (),
+        secret_ttl: float | None = None,
+        actor: str = audit.CLI,
+    ) -> Registration:
+        """Register a client with a fresh secret (returned once; only its hash is kept)."""
+        if not name:
+            raise InvalidRequest("name is required: the new client's id", "FIELD_REQUIRED", "name")
+        if len(cert_sans) > 1:
+            raise InvalidRequest(
+                "cert_sans: at most one certificate SAN per client", "TOO_MANY_VALUES", "cert_sans"
+            )
+        if secret_ttl is not None and secret_ttl <= 0:
+            raise InvalidRequest("secret_ttl must be positive", "INVALID_DURATION", "secret_ttl")
+        return await register_client(
+            self._store,
+            self._clock,
+            name,
+            scopes=scopes,
+            audiences=audiences,
+            admin=admin,
+            allow_any_subject=allow_any_subject,
+            tenant=tenant,
+            cert_san=cert_sans[0] if cert_sans else None,
+            expires_in=secret_ttl,
+            actor=actor,
+            allowed_cidrs=allowed_cidrs,
+        )
+
+    async def get(self, client_id: str) -> Client:
+        client = await self._store.get_client(client_id) if client_id else None
+        if client is None:
+            raise ClientNotFound(f"no client named {quote(client_id)}; rotor clients list shows them")
+        return client
+
+    async def list(self, tenant: str | None, *, page_size: int = 0, page_token: str = "") -> ClientPage:
+        """A page of clients by client_id: of `tenant`, or of every tenant when None."""
+        size = page_size or DEFAULT_PAGE
+        if not 0 < size <= MAX_PAGE:
+            raise InvalidRequest(f"page_size must be 1..{MAX_PAGE}", "INVALID_VALUE", "page_size")
+        if len(page_token) > 256:
+            raise InvalidRequest(
+                "page_token is not one this server gave: pass next_page_token unchanged",
+                "INVALID_VALUE",
+                "page_token",
+            )
+        found = sorted(
+            (
+                c
+                for c in await self._store.list_clients()
+                if (tenant is None or c.tenant == tenant) and c.client_id > page_token
+            ),
+            key=lambda c: c.client_id,
+        )
+        page = found[:size]
+        return ClientPage(tuple(page), page[-1].client_id if len(found) > size else "")
+
+    async def update(
+        self,
+        client_id: str,
+        changes: Mapping[str, Any],
+        *,
+        revoke_tokens: bool = False,
+        actor: str = audit.CLI,
+        reason: str = "",
+    ) -> Client:
+        """Write the fields named in `changes` (any of UPDATABLE); they apply to the next call.
+
+        Narrowing scopes or audiences revokes nothing already issued unless `revoke_tokens`; then
+        every refresh family of the client ends and its access tokens issued before now are
+        refused (as RevokeClientTokens). Disabling ends its refresh families, as `set_disabled`.
+        """
+        unknown = [f for f in changes if f not in UPDATABLE]
+        if unknown:
+            raise InvalidRequest(
+                f"update_mask names {quote(unknown[0])}, which cannot be changed; it may name "
+                + ", ".join(UPDATABLE),
+                "INVALID_VALUE",
+                "update_mask",
+            )
+        if not changes and not revoke_tokens:
+            raise InvalidRequest(
+                "update_mask is empty: name the fields to change (" + ", ".join(UPDATABLE) + ")",
+                "FIELD_REQUIRED",
+                "update_mask",
+            )
+        fields = _validated(changes)
+        if actor == client_id and (fields.get("admin") is False or fields.get("disabled") is True):
+            what = "remove its own admin flag" if fields.get("admin") is False else "disable itself"
+            raise SelfLockout(
+                f"client {client_id!r} may not {what}: that could lock its tenant out; another admin can"
+            )
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            before = await tx.get_client(client_id) if client_id else None
+            if before is None:
+                raise ClientNotFound(f"no client named {quote(client_id)}; rotor clients list shows them")
+            after = replace(before, **fields)
+            try:
+                await tx.update_client(after)
+            except AlreadyExists:
+                raise ClientExists(f"another client has the certificate SAN {after.cert_san!r}") from None
+            families, not_before = 0, None
+            if after.disabled and not before.disabled:
+                families = await tx.revoke_client_families(client_id, now, "client disabled")
+            if revoke_tokens:
+                revoked, not_before = await revoke_tokens_in(
+                    tx, after, now, reason or "client updated", self._max_access_ttl
+                )
+                families += revoked
+            changed = {
+                f: _shown(getattr(after, f)) for f in fields if getattr(after, f) != getattr(before, f)
+            }
+            await tx.append_audit(
+                now,
+                actor,
+                "client.updated",
+                client_id,
+                "success",
+                after.tenant,
+                audit.details(
+                    changed=changed or None,
+                    previous={f: _shown(getattr(before, f)) for f in changed} or None,
+                    families_revoked=families or None,
+                    not_before=not_before,
+                ),
+            )
+        return after
+
+    async def delete(self, client_id: str, *, actor: str = audit.CLI, reason: str = "") -> tuple[int, float]:
+        """Remove a client: its refresh families end and its access tokens are revoked (as
+        RevokeClientTokens), its audit history stays, and its name may be registered again.
+        Returns the families revoked and the revocation's `not_before`."""
+        if actor == client_id:
+            raise SelfLockout(
+                f"client {client_id!r} may not delete itself: that could lock its tenant out; another admin can"
+            )
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            client = await tx.get_client(client_id) if client_id else None
+            if client is None:
+                raise ClientNotFound(f"no client named {quote(client_id)}; rotor clients list shows them")
+            families, not_before = await revoke_tokens_in(
+                tx, client, now, reason or "client deleted", self._max_access_ttl
+            )
+            await tx.delete_client(client_id)
+            await tx.append_audit(
+                now,
+                actor,
+                "client.deleted",
+                client_id,
+                "success",
+                client.tenant,
+                audit.details(reason=reason, families_revoked=families, not_before=not_before),
+            )
+        log.warning("deleted client %s (%d refresh families revoked)", client_id, families)
+        return families, not_before
+
+    async def rotate_secret(
+        self, client_id: str, *, overlap: float = 0.0, secret_ttl: float | None = None, actor: str = audit.CLI
+    ) -> tuple[Client, str]:
+        """A fresh secret (returned once); the old one works on for `overlap` seconds."""
+        if overlap < 0:
+            raise InvalidRequest("overlap must not be negative", "INVALID_DURATION", "overlap")
+        if secret_ttl is not None and secret_ttl <= 0:
+            raise InvalidRequest("secret_ttl must be positive", "INVALID_DURATION", "secret_ttl")
+        await self.get(client_id)  # NOT_FOUND before any hashing
+        return await rotate_secret(
+            self._store, self._clock, client_id, overlap=overlap, expires_in=secret_ttl, actor=actor
+        )
+
+    async def set_disabled(
+        self, client_id: str, disabled: bool, *, actor: str = audit.CLI
+    ) -> tuple[Client, int]:
+        """Disable (its refresh families end) or enable a client; returns it and the families revoked."""
+        if disabled and actor == client_id:
+            raise SelfLockout(f"client {client_id!r} may not disable itself: another admin can")
+        await self.get(client_id)
+        return await set_disabled(self._store, self._clock, client_id, disabled, actor=actor)
+
+
+def _validated(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The Client fields to write for UpdateClient-style `changes`, each checked."""
+    fields: dict[str, Any] = {}
+    for name, value in changes.items():
+        match name:
+            case "scopes":
+                fields["scopes"] = validation.scopes(value, "scopes")
+            case "audiences":
+                fields["audiences"] = validation.audiences(value, "audiences")
+            case "allowed_cidrs":
+                fields["allowed_cidrs"] = cidrs(value)
+            case "cert_sans":
+                sans = list(value)
+                if len(sans) > 1:
+                    raise InvalidRequest(
+                        "cert_sans: at most one certificate SAN per client", "TOO_MANY_VALUES", "cert_sans"
+                    )
+                fields["cert_san"] = _cert_san(sans[0]) if sans else None
+            case "admin" | "allow_any_subject" | "disabled":
+                fields[name] = bool(value)
+    return fields
+
+
+def _shown(value: Any) -> Any:
+    """A field's value for the audit log's details."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 MAX_CERT_SAN = 2048  # characters of a URI SAN

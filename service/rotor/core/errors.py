@@ -16,6 +16,9 @@
     ├── AdminRequired             a KeyAdmin call by a non-admin client
     ├── TokenNotOwned             revoking another client's token
     ├── SelfApproval              approving one's own operation
+    ├── AddressNotAllowed         a call from outside the client's allowed_cidrs
+    ├── ClientExists              registering a client id (or certificate SAN) that is taken
+    ├── SelfLockout               an admin removing its own admin flag, or deleting itself
     ├── KeyNotFound / OperationNotFound / TenantNotFound
     ├── OperationAlreadyApplied / OperationExpired / KeyNotRevocable
     ├── TooManyWatchers / TooManyRequests / WatcherTooSlow
@@ -153,6 +156,24 @@ class SelfApproval(RotorError):
     """Raised when an admin approves an operation they asked for."""
 
     reason = "SELF_APPROVAL"
+
+
+class AddressNotAllowed(RotorError):
+    """Raised when a client calls from a peer address outside its allowed_cidrs."""
+
+    reason = "ADDRESS_NOT_ALLOWED"
+
+
+class ClientExists(RotorError):
+    """Raised when registering a client id (or a certificate SAN) that is taken."""
+
+    reason = "CLIENT_EXISTS"
+
+
+class SelfLockout(RotorError):
+    """Raised when an admin would remove its own admin flag or delete itself."""
+
+    reason = "SELF_LOCKOUT"
 
 
 class KeyNotFound(RotorError):

@@ -177,6 +177,7 @@ class KeyManager:
         self._max_ack_wait = max_ack_wait
         self._notes: dict[str, str] = {}  # kid -> how its activation was acknowledged, for the audit log
         self.changed = asyncio.Event()  # set after every change; the rotator wakes on it
+        self._first_keys: dict[str, asyncio.Lock] = {}  # one bootstrap at a time per tenant
 
     def check_tenant(self, tenant: str) -> str:
         if tenant not in self.tenants:
@@ -195,6 +196,24 @@ class KeyManager:
         if new:
             self.tenants = tuple(sorted(known | set(new)))
         return new
+
+    async def ensure_signing(self, tenant: str) -> None:
+        """Make sure the tenant has a key that signs, at once: a tenant created a moment ago (a
+        client registered in it, by any process) gets its first key now rather than at the
+        rotator's next tick. Another process may be doing the same: the key lock and the
+        transition's re-check inside the transaction let exactly one key be made."""
+        if self.keyring.has_active(tenant):
+            return
+        if tenant not in self.tenants:
+            self.tenants = tuple(sorted({*self.tenants, tenant}))
+        lock = self._first_keys.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            if self.keyring.has_active(tenant):
+                return
+            await self.keyring.refresh(tenant)  # another process may have made it already
+            if not self.keyring.has_active(tenant):
+                await self.apply_due(tenant)
+                self.changed.set()
 
     def algorithm(self, tenant: str) -> str:
         return self._tenant_algorithms.get(tenant, self._algorithm)

@@ -106,6 +106,7 @@ class Client:
     secret_expires_at: float | None = None  # the secret stops working then (--expires)
     previous_secret_hash: str | None = None  # the secret before rotate-secret, during its overlap
     previous_secret_expires_at: float | None = None
+    allowed_cidrs: tuple[str, ...] = ()  # networks it may call from (normalized CIDRs); empty: any
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from rotor.clock import Clock
 from rotor.core import audit, validation
+from rotor.core.clients import revoke_tokens_in
 from rotor.core.crypto import decode_unverified, verify_signature
 from rotor.core.errors import (
     AudienceNotAllowed,
@@ -38,7 +39,6 @@ from rotor.core.keys import KeyRing
 from rotor.core.model import (
     DEFAULT_TENANT,
     Client,
-    ClientRevocation,
     Event,
     EventType,
     KeyState,
@@ -329,17 +329,9 @@ class TokenService:
             target = await tx.get_client(client_id) if client_id else None
             if target is None:
                 raise ClientNotFound(f"no client named {quote(client_id)}; rotor clients list shows them")
-            families = await tx.revoke_client_families(client_id, now, reason or "RevokeClientTokens")
-            not_before = float(math.floor(now) + 1)
-            revocation = ClientRevocation(
-                client_id,
-                target.tenant,
-                not_before,
-                not_before + self.policy.max_access_ttl,
+            families, not_before = await revoke_tokens_in(
+                tx, target, now, reason or "RevokeClientTokens", self.policy.max_access_ttl
             )
-            await tx.put_client_revocation(revocation)
-            payload = Event.encode_payload(None, (), None, revocation)
-            await tx.append_event(target.tenant, EventType.CLIENT_REVOKED.value, now, payload)
             await tx.append_audit(
                 now,
                 admin.client_id,

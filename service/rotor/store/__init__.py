@@ -79,6 +79,11 @@ class Tx(Protocol):
         """Replace a client's mutable fields (secret hash, grants, flags); False if it does not exist."""
         ...
 
+    async def delete_client(self, client_id: str) -> bool:
+        """Remove a client's row (its id may then be registered again); False if it does not exist.
+        Its refresh families, revocations and audit entries are left as they are."""
+        ...
+
     # keys
     async def insert_key(self, key: SigningKey) -> None: ...
 

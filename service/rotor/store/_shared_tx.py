@@ -113,6 +113,9 @@ class SharedTx(SharedReads):
         values = (*rows.client_values(client), client.client_id)
         return await self._changed(_sql.UPDATE_CLIENT, values, "client")
 
+    async def delete_client(self, client_id: str) -> bool:
+        return await self._changed(_sql.DELETE_CLIENT, (client_id,))
+
     async def update_key(self, key: SigningKey, expected: KeyState) -> bool:
         # the one-active-key index refuses a second ACTIVE key of a tenant: AlreadyExists
         what = (

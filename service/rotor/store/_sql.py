@@ -40,6 +40,7 @@ GET_CLIENT_BY_CERT_SAN = f"SELECT {CLIENT_COLUMNS} FROM clients WHERE cert_san =
 LIST_CLIENTS = f"SELECT {CLIENT_COLUMNS} FROM clients ORDER BY client_id"
 INSERT_CLIENT = _insert("clients", CLIENT_COLUMNS)
 UPDATE_CLIENT = _replace("clients", CLIENT_COLUMNS, f"client_id = ${_N_CLIENT + 1}")
+DELETE_CLIENT = "DELETE FROM clients WHERE client_id = $1"
 LIST_TENANTS = "SELECT tenant FROM keys UNION SELECT tenant FROM clients UNION SELECT ''"
 
 # keys

@@ -34,7 +34,7 @@ KEY_COLUMNS = (
 )
 CLIENT_COLUMNS = (
     "client_id, tenant, secret_hash, scopes, audiences, admin, allow_any_subject, disabled, created_at, cert_san, "
-    "secret_expires_at, previous_secret_hash, previous_secret_expires_at"
+    "secret_expires_at, previous_secret_hash, previous_secret_expires_at, allowed_cidrs"
 )
 AUDIT_COLUMNS = "sequence, occurred_at, actor, action, target, outcome, tenant, details_json, prev_hash, hash"
 CLIENT_REVOCATION_COLUMNS = "client_id, tenant, not_before, expires_at"
@@ -77,6 +77,7 @@ def client(row: Iterable[Any]) -> Client:
         r[10],
         r[11],
         r[12],
+        tuple(json.loads(r[13])),
     )
 
 
@@ -148,6 +149,7 @@ def client_values(c: Client) -> tuple[Any, ...]:
         c.secret_expires_at,
         c.previous_secret_hash,
         c.previous_secret_expires_at,
+        json.dumps(list(c.allowed_cidrs)),
     )
 
 

@@ -22,49 +22,77 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from rotor.v1 import keys_pb2 as rotor_dot_v1_dot_keys__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rotor/v1/key_admin.proto\x12\x08rotor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13rotor/v1/keys.proto\"F\n\x11RotateKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\timmediate\x18\x03 \x01(\x08\"0\n\x12RotateKeysResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\"/\n\x10RevokeKeyRequest\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"_\n\x11RevokeKeyResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x18\n\x10pending_approval\x18\x03 \x01(\x08\"/\n\x17\x41pproveOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\"6\n\x18\x41pproveOperationResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\":\n\x0fListKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0finclude_expired\x18\x02 \x01(\x08\"/\n\x10ListKeysResponse\x12\x1b\n\x04keys\x18\x01 \x03(\x0b\x32\r.rotor.v1.Key\"z\n\x16ListAuditEventsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd6\x01\n\nAuditEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x08 \x01(\t\x12\x0c\n\x04hash\x18\t \x01(\t\x12\x11\n\tprev_hash\x18\n \x01(\t\"X\n\x17ListAuditEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.rotor.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x19RevokeClientTokensRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"f\n\x1aRevokeClientTokensResponse\x12\x18\n\x10\x66\x61milies_revoked\x18\x01 \x01(\x05\x12.\n\nnot_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x18GetRotationStatusRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"t\n\rWatcherStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x15\n\rsent_sequence\x18\x03 \x01(\x04\x12\x30\n\x0c\x63onnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x19GetRotationStatusResponse\x12\x17\n\x0flatest_sequence\x18\x01 \x01(\x04\x12)\n\x08watchers\x18\x02 \x03(\x0b\x32\x17.rotor.v1.WatcherStatus2\xce\x04\n\x08KeyAdmin\x12G\n\nRotateKeys\x12\x1b.rotor.v1.RotateKeysRequest\x1a\x1c.rotor.v1.RotateKeysResponse\x12\x44\n\tRevokeKey\x12\x1a.rotor.v1.RevokeKeyRequest\x1a\x1b.rotor.v1.RevokeKeyResponse\x12Y\n\x10\x41pproveOperation\x12!.rotor.v1.ApproveOperationRequest\x1a\".rotor.v1.ApproveOperationResponse\x12\x41\n\x08ListKeys\x12\x19.rotor.v1.ListKeysRequest\x1a\x1a.rotor.v1.ListKeysResponse\x12V\n\x0fListAuditEvents\x12 .rotor.v1.ListAuditEventsRequest\x1a!.rotor.v1.ListAuditEventsResponse\x12_\n\x12RevokeClientTokens\x12#.rotor.v1.RevokeClientTokensRequest\x1a$.rotor.v1.RevokeClientTokensResponse\x12\\\n\x11GetRotationStatus\x12\".rotor.v1.GetRotationStatusRequest\x1a#.rotor.v1.GetRotationStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rotor/v1/key_admin.proto\x12\x08rotor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13rotor/v1/keys.proto\"F\n\x11RotateKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\timmediate\x18\x03 \x01(\x08\"0\n\x12RotateKeysResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\"/\n\x10RevokeKeyRequest\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"_\n\x11RevokeKeyResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x18\n\x10pending_approval\x18\x03 \x01(\x08\"/\n\x17\x41pproveOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\"6\n\x18\x41pproveOperationResponse\x12\x1a\n\x03key\x18\x01 \x01(\x0b\x32\r.rotor.v1.Key\":\n\x0fListKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0finclude_expired\x18\x02 \x01(\x08\"/\n\x10ListKeysResponse\x12\x1b\n\x04keys\x18\x01 \x03(\x0b\x32\r.rotor.v1.Key\"z\n\x16ListAuditEventsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd6\x01\n\nAuditEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x08 \x01(\t\x12\x0c\n\x04hash\x18\t \x01(\t\x12\x11\n\tprev_hash\x18\n \x01(\t\"X\n\x17ListAuditEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.rotor.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x19RevokeClientTokensRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"f\n\x1aRevokeClientTokensResponse\x12\x18\n\x10\x66\x61milies_revoked\x18\x01 \x01(\x05\x12.\n\nnot_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x18GetRotationStatusRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"t\n\rWatcherStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x15\n\rsent_sequence\x18\x03 \x01(\x04\x12\x30\n\x0c\x63onnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x19GetRotationStatusResponse\x12\x17\n\x0flatest_sequence\x18\x01 \x01(\x04\x12)\n\x08watchers\x18\x02 \x03(\x0b\x32\x17.rotor.v1.WatcherStatus\"\x9b\x02\n\x06\x43lient\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x11\n\taudiences\x18\x04 \x03(\t\x12\r\n\x05\x61\x64min\x18\x05 \x01(\x08\x12\x19\n\x11\x61llow_any_subject\x18\x06 \x01(\x08\x12\x11\n\tcert_sans\x18\x07 \x03(\t\x12\x15\n\rallowed_cidrs\x18\x08 \x03(\t\x12\x10\n\x08\x64isabled\x18\t \x01(\x08\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11secret_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd9\x01\n\x13\x43reateClientRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x11\n\taudiences\x18\x04 \x03(\t\x12\r\n\x05\x61\x64min\x18\x05 \x01(\x08\x12\x19\n\x11\x61llow_any_subject\x18\x06 \x01(\x08\x12\x11\n\tcert_sans\x18\x07 \x03(\t\x12\x15\n\rallowed_cidrs\x18\x08 \x03(\t\x12-\n\nsecret_ttl\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\"O\n\x14\x43reateClientResponse\x12 \n\x06\x63lient\x18\x01 \x01(\x0b\x32\x10.rotor.v1.Client\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"%\n\x10GetClientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"5\n\x11GetClientResponse\x12 \n\x06\x63lient\x18\x01 \x01(\x0b\x32\x10.rotor.v1.Client\"K\n\x12ListClientsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x13ListClientsResponse\x12!\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x10.rotor.v1.Client\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x92\x01\n\x13UpdateClientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12 \n\x06\x63lient\x18\x03 \x01(\x0b\x32\x10.rotor.v1.Client\x12\x15\n\rrevoke_tokens\x18\x04 \x01(\x08\"8\n\x14UpdateClientResponse\x12 \n\x06\x63lient\x18\x01 \x01(\x0b\x32\x10.rotor.v1.Client\"(\n\x13\x44\x65leteClientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"`\n\x14\x44\x65leteClientResponse\x12\x18\n\x10\x66\x61milies_revoked\x18\x01 \x01(\x05\x12.\n\nnot_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x01\n\x19RotateClientSecretRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nsecret_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"3\n\x1aRotateClientSecretResponse\x12\x15\n\rclient_secret\x18\x01 \x01(\t2\xae\x08\n\x08KeyAdmin\x12G\n\nRotateKeys\x12\x1b.rotor.v1.RotateKeysRequest\x1a\x1c.rotor.v1.RotateKeysResponse\x12\x44\n\tRevokeKey\x12\x1a.rotor.v1.RevokeKeyRequest\x1a\x1b.rotor.v1.RevokeKeyResponse\x12Y\n\x10\x41pproveOperation\x12!.rotor.v1.ApproveOperationRequest\x1a\".rotor.v1.ApproveOperationResponse\x12\x41\n\x08ListKeys\x12\x19.rotor.v1.ListKeysRequest\x1a\x1a.rotor.v1.ListKeysResponse\x12V\n\x0fListAuditEvents\x12 .rotor.v1.ListAuditEventsRequest\x1a!.rotor.v1.ListAuditEventsResponse\x12_\n\x12RevokeClientTokens\x12#.rotor.v1.RevokeClientTokensRequest\x1a$.rotor.v1.RevokeClientTokensResponse\x12\\\n\x11GetRotationStatus\x12\".rotor.v1.GetRotationStatusRequest\x1a#.rotor.v1.GetRotationStatusResponse\x12M\n\x0c\x43reateClient\x12\x1d.rotor.v1.CreateClientRequest\x1a\x1e.rotor.v1.CreateClientResponse\x12\x44\n\tGetClient\x12\x1a.rotor.v1.GetClientRequest\x1a\x1b.rotor.v1.GetClientResponse\x12J\n\x0bListClients\x12\x1c.rotor.v1.ListClientsRequest\x1a\x1d.rotor.v1.ListClientsResponse\x12M\n\x0cUpdateClient\x12\x1d.rotor.v1.UpdateClientRequest\x1a\x1e.rotor.v1.UpdateClientResponse\x12M\n\x0c\x44\x65leteClient\x12\x1d.rotor.v1.DeleteClientRequest\x1a\x1e.rotor.v1.DeleteClientResponse\x12_\n\x12RotateClientSecret\x12#.rotor.v1.RotateClientSecretRequest\x1a$.rotor.v1.RotateClientSecretResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rotor.v1.key_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROTATEKEYSREQUEST']._serialized_start=92
-  _globals['_ROTATEKEYSREQUEST']._serialized_end=162
-  _globals['_ROTATEKEYSRESPONSE']._serialized_start=164
-  _globals['_ROTATEKEYSRESPONSE']._serialized_end=212
-  _globals['_REVOKEKEYREQUEST']._serialized_start=214
-  _globals['_REVOKEKEYREQUEST']._serialized_end=261
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=263
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=358
-  _globals['_APPROVEOPERATIONREQUEST']._serialized_start=360
-  _globals['_APPROVEOPERATIONREQUEST']._serialized_end=407
-  _globals['_APPROVEOPERATIONRESPONSE']._serialized_start=409
-  _globals['_APPROVEOPERATIONRESPONSE']._serialized_end=463
-  _globals['_LISTKEYSREQUEST']._serialized_start=465
-  _globals['_LISTKEYSREQUEST']._serialized_end=523
-  _globals['_LISTKEYSRESPONSE']._serialized_start=525
-  _globals['_LISTKEYSRESPONSE']._serialized_end=572
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=574
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=696
-  _globals['_AUDITEVENT']._serialized_start=699
-  _globals['_AUDITEVENT']._serialized_end=913
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=915
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1003
-  _globals['_REVOKECLIENTTOKENSREQUEST']._serialized_start=1005
-  _globals['_REVOKECLIENTTOKENSREQUEST']._serialized_end=1067
-  _globals['_REVOKECLIENTTOKENSRESPONSE']._serialized_start=1069
-  _globals['_REVOKECLIENTTOKENSRESPONSE']._serialized_end=1171
-  _globals['_GETROTATIONSTATUSREQUEST']._serialized_start=1173
-  _globals['_GETROTATIONSTATUSREQUEST']._serialized_end=1215
-  _globals['_WATCHERSTATUS']._serialized_start=1217
-  _globals['_WATCHERSTATUS']._serialized_end=1333
-  _globals['_GETROTATIONSTATUSRESPONSE']._serialized_start=1335
-  _globals['_GETROTATIONSTATUSRESPONSE']._serialized_end=1430
-  _globals['_KEYADMIN']._serialized_start=1433
-  _globals['_KEYADMIN']._serialized_end=2023
+  _globals['_ROTATEKEYSREQUEST']._serialized_start=158
+  _globals['_ROTATEKEYSREQUEST']._serialized_end=228
+  _globals['_ROTATEKEYSRESPONSE']._serialized_start=230
+  _globals['_ROTATEKEYSRESPONSE']._serialized_end=278
+  _globals['_REVOKEKEYREQUEST']._serialized_start=280
+  _globals['_REVOKEKEYREQUEST']._serialized_end=327
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=329
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=424
+  _globals['_APPROVEOPERATIONREQUEST']._serialized_start=426
+  _globals['_APPROVEOPERATIONREQUEST']._serialized_end=473
+  _globals['_APPROVEOPERATIONRESPONSE']._serialized_start=475
+  _globals['_APPROVEOPERATIONRESPONSE']._serialized_end=529
+  _globals['_LISTKEYSREQUEST']._serialized_start=531
+  _globals['_LISTKEYSREQUEST']._serialized_end=589
+  _globals['_LISTKEYSRESPONSE']._serialized_start=591
+  _globals['_LISTKEYSRESPONSE']._serialized_end=638
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=640
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=762
+  _globals['_AUDITEVENT']._serialized_start=765
+  _globals['_AUDITEVENT']._serialized_end=979
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=981
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1069
+  _globals['_REVOKECLIENTTOKENSREQUEST']._serialized_start=1071
+  _globals['_REVOKECLIENTTOKENSREQUEST']._serialized_end=1133
+  _globals['_REVOKECLIENTTOKENSRESPONSE']._serialized_start=1135
+  _globals['_REVOKECLIENTTOKENSRESPONSE']._serialized_end=1237
+  _globals['_GETROTATIONSTATUSREQUEST']._serialized_start=1239
+  _globals['_GETROTATIONSTATUSREQUEST']._serialized_end=1281
+  _globals['_WATCHERSTATUS']._serialized_start=1283
+  _globals['_WATCHERSTATUS']._serialized_end=1399
+  _globals['_GETROTATIONSTATUSRESPONSE']._serialized_start=1401
+  _globals['_GETROTATIONSTATUSRESPONSE']._serialized_end=1496
+  _globals['_CLIENT']._serialized_start=1499
+  _globals['_CLIENT']._serialized_end=1782
+  _globals['_CREATECLIENTREQUEST']._serialized_start=1785
+  _globals['_CREATECLIENTREQUEST']._serialized_end=2002
+  _globals['_CREATECLIENTRESPONSE']._serialized_start=2004
+  _globals['_CREATECLIENTRESPONSE']._serialized_end=2083
+  _globals['_GETCLIENTREQUEST']._serialized_start=2085
+  _globals['_GETCLIENTREQUEST']._serialized_end=2122
+  _globals['_GETCLIENTRESPONSE']._serialized_start=2124
+  _globals['_GETCLIENTRESPONSE']._serialized_end=2177
+  _globals['_LISTCLIENTSREQUEST']._serialized_start=2179
+  _globals['_LISTCLIENTSREQUEST']._serialized_end=2254
+  _globals['_LISTCLIENTSRESPONSE']._serialized_start=2256
+  _globals['_LISTCLIENTSRESPONSE']._serialized_end=2337
+  _globals['_UPDATECLIENTREQUEST']._serialized_start=2340
+  _globals['_UPDATECLIENTREQUEST']._serialized_end=2486
+  _globals['_UPDATECLIENTRESPONSE']._serialized_start=2488
+  _globals['_UPDATECLIENTRESPONSE']._serialized_end=2544
+  _globals['_DELETECLIENTREQUEST']._serialized_start=2546
+  _globals['_DELETECLIENTREQUEST']._serialized_end=2586
+  _globals['_DELETECLIENTRESPONSE']._serialized_start=2588
+  _globals['_DELETECLIENTRESPONSE']._serialized_end=2684
+  _globals['_ROTATECLIENTSECRETREQUEST']._serialized_start=2687
+  _globals['_ROTATECLIENTSECRETREQUEST']._serialized_end=2824
+  _globals['_ROTATECLIENTSECRETRESPONSE']._serialized_start=2826
+  _globals['_ROTATECLIENTSECRETRESPONSE']._serialized_end=2877
+  _globals['_KEYADMIN']._serialized_start=2880
+  _globals['_KEYADMIN']._serialized_end=3950
 # @@protoc_insertion_point(module_scope)

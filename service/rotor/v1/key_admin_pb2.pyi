@@ -5,6 +5,8 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -495,3 +497,445 @@ class GetRotationStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRotationStatusResponse: _TypeAlias = GetRotationStatusResponse  # noqa: Y015
+
+@_typing.final
+class Client(_message.Message):
+    """Client is a registered calling service: never its secret nor a hash of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    AUDIENCES_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    ALLOW_ANY_SUBJECT_FIELD_NUMBER: _builtins.int
+    CERT_SANS_FIELD_NUMBER: _builtins.int
+    ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    SECRET_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """Its id (the name it was registered with)."""
+    tenant: _builtins.str
+    """Its tenant; empty is the default tenant."""
+    admin: _builtins.bool
+    """May call KeyAdmin and revoke any token of its tenant."""
+    allow_any_subject: _builtins.bool
+    """May name another subject in Issue."""
+    disabled: _builtins.bool
+    """A disabled client cannot authenticate."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Scopes it may ask for."""
+
+    @_builtins.property
+    def audiences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Audiences it may ask for, in registration order."""
+
+    @_builtins.property
+    def cert_sans(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Client certificate URI SANs that authenticate it (mTLS); at most one today."""
+
+    @_builtins.property
+    def allowed_cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Networks it may call from (CIDR, IPv4 or IPv6); empty is any."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was registered."""
+
+    @_builtins.property
+    def secret_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When its secret stops working; unset when it does not expire."""
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        audiences: _abc.Iterable[_builtins.str] | None = ...,
+        admin: _builtins.bool = ...,
+        allow_any_subject: _builtins.bool = ...,
+        cert_sans: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_cidrs: _abc.Iterable[_builtins.str] | None = ...,
+        disabled: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        secret_expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "secret_expires_at", b"secret_expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "allow_any_subject", b"allow_any_subject", "allowed_cidrs", b"allowed_cidrs", "audiences", b"audiences", "cert_sans", b"cert_sans", "client_id", b"client_id", "created_at", b"created_at", "disabled", b"disabled", "scopes", b"scopes", "secret_expires_at", b"secret_expires_at", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Client: _TypeAlias = Client  # noqa: Y015
+
+@_typing.final
+class CreateClientRequest(_message.Message):
+    """CreateClientRequest describes the client to register."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    AUDIENCES_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    ALLOW_ANY_SUBJECT_FIELD_NUMBER: _builtins.int
+    CERT_SANS_FIELD_NUMBER: _builtins.int
+    ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
+    SECRET_TTL_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Tenant; empty is the default tenant. A new name creates the tenant."""
+    name: _builtins.str
+    """The client_id (1-128 letters, digits or ._:@/+-)."""
+    admin: _builtins.bool
+    """May call KeyAdmin."""
+    allow_any_subject: _builtins.bool
+    """May name another subject in Issue."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Scopes it may ask for."""
+
+    @_builtins.property
+    def audiences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Audiences it may ask for."""
+
+    @_builtins.property
+    def cert_sans(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Client certificate URI SANs that authenticate it (mTLS); at most one."""
+
+    @_builtins.property
+    def allowed_cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Networks it may call from (CIDR); empty is any."""
+
+    @_builtins.property
+    def secret_ttl(self) -> _duration_pb2.Duration:
+        """The secret stops working after this long; unset is never."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        name: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        audiences: _abc.Iterable[_builtins.str] | None = ...,
+        admin: _builtins.bool = ...,
+        allow_any_subject: _builtins.bool = ...,
+        cert_sans: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_cidrs: _abc.Iterable[_builtins.str] | None = ...,
+        secret_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["secret_ttl", b"secret_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "allow_any_subject", b"allow_any_subject", "allowed_cidrs", b"allowed_cidrs", "audiences", b"audiences", "cert_sans", b"cert_sans", "name", b"name", "scopes", b"scopes", "secret_ttl", b"secret_ttl", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateClientRequest: _TypeAlias = CreateClientRequest  # noqa: Y015
+
+@_typing.final
+class CreateClientResponse(_message.Message):
+    """CreateClientResponse returns the client and its secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_FIELD_NUMBER: _builtins.int
+    client_secret: _builtins.str
+    """Its secret, shown once: only its hash is kept."""
+    @_builtins.property
+    def client(self) -> Global___Client:
+        """The client as registered."""
+
+    def __init__(
+        self,
+        *,
+        client: Global___Client | None = ...,
+        client_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "client_secret", b"client_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateClientResponse: _TypeAlias = CreateClientResponse  # noqa: Y015
+
+@_typing.final
+class GetClientRequest(_message.Message):
+    """GetClientRequest names a client."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """The client."""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClientRequest: _TypeAlias = GetClientRequest  # noqa: Y015
+
+@_typing.final
+class GetClientResponse(_message.Message):
+    """GetClientResponse returns a client."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def client(self) -> Global___Client:
+        """The client."""
+
+    def __init__(
+        self,
+        *,
+        client: Global___Client | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClientResponse: _TypeAlias = GetClientResponse  # noqa: Y015
+
+@_typing.final
+class ListClientsRequest(_message.Message):
+    """ListClientsRequest selects a page of a tenant's clients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Tenant; empty is the caller's own tenant."""
+    page_size: _builtins.int
+    """At most this many clients (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClientsRequest: _TypeAlias = ListClientsRequest  # noqa: Y015
+
+@_typing.final
+class ListClientsResponse(_message.Message):
+    """ListClientsResponse is one page of clients, by client_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
+    @_builtins.property
+    def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Client]:
+        """The clients."""
+
+    def __init__(
+        self,
+        *,
+        clients: _abc.Iterable[Global___Client] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClientsResponse: _TypeAlias = ListClientsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateClientRequest(_message.Message):
+    """UpdateClientRequest changes some of a client's fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    REVOKE_TOKENS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """The client."""
+    revoke_tokens: _builtins.bool
+    """Also revoke every token the client holds (as RevokeClientTokens does);
+    otherwise tokens already issued stay valid until they expire.
+    """
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which fields of `client` to write: scopes, audiences, admin,
+        allow_any_subject, cert_sans, allowed_cidrs.
+        """
+
+    @_builtins.property
+    def client(self) -> Global___Client:
+        """The new values of the fields in update_mask; the others are ignored."""
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        client: Global___Client | None = ...,
+        revoke_tokens: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "client_id", b"client_id", "revoke_tokens", b"revoke_tokens", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateClientRequest: _TypeAlias = UpdateClientRequest  # noqa: Y015
+
+@_typing.final
+class UpdateClientResponse(_message.Message):
+    """UpdateClientResponse returns the client as it now is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def client(self) -> Global___Client:
+        """The client."""
+
+    def __init__(
+        self,
+        *,
+        client: Global___Client | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateClientResponse: _TypeAlias = UpdateClientResponse  # noqa: Y015
+
+@_typing.final
+class DeleteClientRequest(_message.Message):
+    """DeleteClientRequest names the client to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """The client."""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteClientRequest: _TypeAlias = DeleteClientRequest  # noqa: Y015
+
+@_typing.final
+class DeleteClientResponse(_message.Message):
+    """DeleteClientResponse says what was revoked with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAMILIES_REVOKED_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    families_revoked: _builtins.int
+    """Refresh families ended."""
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Access tokens issued to it before this moment are refused by verifiers."""
+
+    def __init__(
+        self,
+        *,
+        families_revoked: _builtins.int = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_before", b"not_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["families_revoked", b"families_revoked", "not_before", b"not_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteClientResponse: _TypeAlias = DeleteClientResponse  # noqa: Y015
+
+@_typing.final
+class RotateClientSecretRequest(_message.Message):
+    """RotateClientSecretRequest asks for a new secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    SECRET_TTL_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """The client."""
+    @_builtins.property
+    def overlap(self) -> _duration_pb2.Duration:
+        """How long the old secret keeps working; unset or zero is not at all."""
+
+    @_builtins.property
+    def secret_ttl(self) -> _duration_pb2.Duration:
+        """The new secret stops working after this long; unset is never."""
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        overlap: _duration_pb2.Duration | None = ...,
+        secret_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["overlap", b"overlap", "secret_ttl", b"secret_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "overlap", b"overlap", "secret_ttl", b"secret_ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateClientSecretRequest: _TypeAlias = RotateClientSecretRequest  # noqa: Y015
+
+@_typing.final
+class RotateClientSecretResponse(_message.Message):
+    """RotateClientSecretResponse returns the new secret, once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_SECRET_FIELD_NUMBER: _builtins.int
+    client_secret: _builtins.str
+    """The new secret: only its hash is kept."""
+    def __init__(
+        self,
+        *,
+        client_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_secret", b"client_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateClientSecretResponse: _TypeAlias = RotateClientSecretResponse  # noqa: Y015

@@ -70,6 +70,36 @@ class KeyAdminStub:
                 request_serializer=rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusRequest.SerializeToString,
                 response_deserializer=rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusResponse.FromString,
                 _registered_method=True)
+        self.CreateClient = channel.unary_unary(
+                '/rotor.v1.KeyAdmin/CreateClient',
+                request_serializer=rotor_dot_v1_dot_key__admin__pb2.CreateClientRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_key__admin__pb2.CreateClientResponse.FromString,
+                _registered_method=True)
+        self.GetClient = channel.unary_unary(
+                '/rotor.v1.KeyAdmin/GetClient',
+                request_serializer=rotor_dot_v1_dot_key__admin__pb2.GetClientRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_key__admin__pb2.GetClientResponse.FromString,
+                _registered_method=True)
+        self.ListClients = channel.unary_unary(
+                '/rotor.v1.KeyAdmin/ListClients',
+                request_serializer=rotor_dot_v1_dot_key__admin__pb2.ListClientsRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_key__admin__pb2.ListClientsResponse.FromString,
+                _registered_method=True)
+        self.UpdateClient = channel.unary_unary(
+                '/rotor.v1.KeyAdmin/UpdateClient',
+                request_serializer=rotor_dot_v1_dot_key__admin__pb2.UpdateClientRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_key__admin__pb2.UpdateClientResponse.FromString,
+                _registered_method=True)
+        self.DeleteClient = channel.unary_unary(
+                '/rotor.v1.KeyAdmin/DeleteClient',
+                request_serializer=rotor_dot_v1_dot_key__admin__pb2.DeleteClientRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_key__admin__pb2.DeleteClientResponse.FromString,
+                _registered_method=True)
+        self.RotateClientSecret = channel.unary_unary(
+                '/rotor.v1.KeyAdmin/RotateClientSecret',
+                request_serializer=rotor_dot_v1_dot_key__admin__pb2.RotateClientSecretRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_key__admin__pb2.RotateClientSecretResponse.FromString,
+                _registered_method=True)
 
 
 class KeyAdminServicer:
@@ -127,6 +157,48 @@ class KeyAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateClient(self, request, context):
+        """CreateClient registers a client; its secret is in the response, once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetClient(self, request, context):
+        """GetClient reads one client (never its secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListClients(self, request, context):
+        """ListClients pages through a tenant's clients, by client_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateClient(self, request, context):
+        """UpdateClient changes the fields named in update_mask; the next call sees them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteClient(self, request, context):
+        """DeleteClient removes a client and revokes its tokens; its audit history stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateClientSecret(self, request, context):
+        """RotateClientSecret gives a client a new secret; the old one works for `overlap`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +236,36 @@ def add_KeyAdminServicer_to_server(servicer, server):
                     servicer.GetRotationStatus,
                     request_deserializer=rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusRequest.FromString,
                     response_serializer=rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusResponse.SerializeToString,
+            ),
+            'CreateClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateClient,
+                    request_deserializer=rotor_dot_v1_dot_key__admin__pb2.CreateClientRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_key__admin__pb2.CreateClientResponse.SerializeToString,
+            ),
+            'GetClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClient,
+                    request_deserializer=rotor_dot_v1_dot_key__admin__pb2.GetClientRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_key__admin__pb2.GetClientResponse.SerializeToString,
+            ),
+            'ListClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClients,
+                    request_deserializer=rotor_dot_v1_dot_key__admin__pb2.ListClientsRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_key__admin__pb2.ListClientsResponse.SerializeToString,
+            ),
+            'UpdateClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateClient,
+                    request_deserializer=rotor_dot_v1_dot_key__admin__pb2.UpdateClientRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_key__admin__pb2.UpdateClientResponse.SerializeToString,
+            ),
+            'DeleteClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteClient,
+                    request_deserializer=rotor_dot_v1_dot_key__admin__pb2.DeleteClientRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_key__admin__pb2.DeleteClientResponse.SerializeToString,
+            ),
+            'RotateClientSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateClientSecret,
+                    request_deserializer=rotor_dot_v1_dot_key__admin__pb2.RotateClientSecretRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_key__admin__pb2.RotateClientSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +458,168 @@ class KeyAdmin:
             '/rotor.v1.KeyAdmin/GetRotationStatus',
             rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusRequest.SerializeToString,
             rotor_dot_v1_dot_key__admin__pb2.GetRotationStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.KeyAdmin/CreateClient',
+            rotor_dot_v1_dot_key__admin__pb2.CreateClientRequest.SerializeToString,
+            rotor_dot_v1_dot_key__admin__pb2.CreateClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.KeyAdmin/GetClient',
+            rotor_dot_v1_dot_key__admin__pb2.GetClientRequest.SerializeToString,
+            rotor_dot_v1_dot_key__admin__pb2.GetClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.KeyAdmin/ListClients',
+            rotor_dot_v1_dot_key__admin__pb2.ListClientsRequest.SerializeToString,
+            rotor_dot_v1_dot_key__admin__pb2.ListClientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.KeyAdmin/UpdateClient',
+            rotor_dot_v1_dot_key__admin__pb2.UpdateClientRequest.SerializeToString,
+            rotor_dot_v1_dot_key__admin__pb2.UpdateClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.KeyAdmin/DeleteClient',
+            rotor_dot_v1_dot_key__admin__pb2.DeleteClientRequest.SerializeToString,
+            rotor_dot_v1_dot_key__admin__pb2.DeleteClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateClientSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.KeyAdmin/RotateClientSecret',
+            rotor_dot_v1_dot_key__admin__pb2.RotateClientSecretRequest.SerializeToString,
+            rotor_dot_v1_dot_key__admin__pb2.RotateClientSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

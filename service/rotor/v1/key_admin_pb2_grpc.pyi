@@ -51,6 +51,18 @@ class KeyAdminStub:
     """
     GetRotationStatus: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.GetRotationStatusRequest, _key_admin_pb2.GetRotationStatusResponse]
     """GetRotationStatus says which watchers are connected and how far each got."""
+    CreateClient: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.CreateClientRequest, _key_admin_pb2.CreateClientResponse]
+    """CreateClient registers a client; its secret is in the response, once."""
+    GetClient: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.GetClientRequest, _key_admin_pb2.GetClientResponse]
+    """GetClient reads one client (never its secret)."""
+    ListClients: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.ListClientsRequest, _key_admin_pb2.ListClientsResponse]
+    """ListClients pages through a tenant's clients, by client_id."""
+    UpdateClient: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.UpdateClientRequest, _key_admin_pb2.UpdateClientResponse]
+    """UpdateClient changes the fields named in update_mask; the next call sees them."""
+    DeleteClient: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.DeleteClientRequest, _key_admin_pb2.DeleteClientResponse]
+    """DeleteClient removes a client and revokes its tokens; its audit history stays."""
+    RotateClientSecret: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.RotateClientSecretRequest, _key_admin_pb2.RotateClientSecretResponse]
+    """RotateClientSecret gives a client a new secret; the old one works for `overlap`."""
 
 @_typing.type_check_only
 class KeyAdminAsyncStub(KeyAdminStub):
@@ -75,6 +87,18 @@ class KeyAdminAsyncStub(KeyAdminStub):
     """
     GetRotationStatus: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.GetRotationStatusRequest, _key_admin_pb2.GetRotationStatusResponse]  # type: ignore[assignment]
     """GetRotationStatus says which watchers are connected and how far each got."""
+    CreateClient: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.CreateClientRequest, _key_admin_pb2.CreateClientResponse]  # type: ignore[assignment]
+    """CreateClient registers a client; its secret is in the response, once."""
+    GetClient: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.GetClientRequest, _key_admin_pb2.GetClientResponse]  # type: ignore[assignment]
+    """GetClient reads one client (never its secret)."""
+    ListClients: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.ListClientsRequest, _key_admin_pb2.ListClientsResponse]  # type: ignore[assignment]
+    """ListClients pages through a tenant's clients, by client_id."""
+    UpdateClient: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.UpdateClientRequest, _key_admin_pb2.UpdateClientResponse]  # type: ignore[assignment]
+    """UpdateClient changes the fields named in update_mask; the next call sees them."""
+    DeleteClient: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.DeleteClientRequest, _key_admin_pb2.DeleteClientResponse]  # type: ignore[assignment]
+    """DeleteClient removes a client and revokes its tokens; its audit history stays."""
+    RotateClientSecret: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.RotateClientSecretRequest, _key_admin_pb2.RotateClientSecretResponse]  # type: ignore[assignment]
+    """RotateClientSecret gives a client a new secret; the old one works for `overlap`."""
 
 class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
     """KeyAdmin manages signing keys. Admin clients only; others get PERMISSION_DENIED."""
@@ -138,5 +162,53 @@ class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_key_admin_pb2.GetRotationStatusResponse, _abc.Awaitable[_key_admin_pb2.GetRotationStatusResponse]]:
         """GetRotationStatus says which watchers are connected and how far each got."""
+
+    @_abc_1.abstractmethod
+    def CreateClient(
+        self,
+        request: _key_admin_pb2.CreateClientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.CreateClientResponse, _abc.Awaitable[_key_admin_pb2.CreateClientResponse]]:
+        """CreateClient registers a client; its secret is in the response, once."""
+
+    @_abc_1.abstractmethod
+    def GetClient(
+        self,
+        request: _key_admin_pb2.GetClientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.GetClientResponse, _abc.Awaitable[_key_admin_pb2.GetClientResponse]]:
+        """GetClient reads one client (never its secret)."""
+
+    @_abc_1.abstractmethod
+    def ListClients(
+        self,
+        request: _key_admin_pb2.ListClientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.ListClientsResponse, _abc.Awaitable[_key_admin_pb2.ListClientsResponse]]:
+        """ListClients pages through a tenant's clients, by client_id."""
+
+    @_abc_1.abstractmethod
+    def UpdateClient(
+        self,
+        request: _key_admin_pb2.UpdateClientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.UpdateClientResponse, _abc.Awaitable[_key_admin_pb2.UpdateClientResponse]]:
+        """UpdateClient changes the fields named in update_mask; the next call sees them."""
+
+    @_abc_1.abstractmethod
+    def DeleteClient(
+        self,
+        request: _key_admin_pb2.DeleteClientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.DeleteClientResponse, _abc.Awaitable[_key_admin_pb2.DeleteClientResponse]]:
+        """DeleteClient removes a client and revokes its tokens; its audit history stays."""
+
+    @_abc_1.abstractmethod
+    def RotateClientSecret(
+        self,
+        request: _key_admin_pb2.RotateClientSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.RotateClientSecretResponse, _abc.Awaitable[_key_admin_pb2.RotateClientSecretResponse]]:
+        """RotateClientSecret gives a client a new secret; the old one works for `overlap`."""
 
 def add_KeyAdminServicer_to_server(servicer: KeyAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
