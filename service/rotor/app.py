@@ -199,12 +199,14 @@ class RotorServer:
         self._running.push_async_callback(directory.stop)
         auth = CallerAuth(Authenticator(directory, self.clock), AuthBackoff(self.clock))
         self.watcher_limits = WatcherLimits(limits.watchers_per_client, limits.max_watchers)
-        refusals = RefusalBudget(limits.audit_refusals_per_minute, self.metrics.audit_refusals_suppressed.inc)
+        self.refusals = refusals = RefusalBudget(
+            limits.audit_refusals_per_minute, self.metrics.audit_refusals_suppressed.inc
+        )
         rates = (
             RateLimiter("Issue", limits.issue_rate, limits.issue_burst, self.clock),
             RateLimiter("Refresh", limits.refresh_rate, limits.refresh_burst, self.clock),
         )
-        key_admin = KeyAdminServicer(
+        self.key_admin = key_admin = KeyAdminServicer(
             auth, self.keys, self.tokens, self.store, self.watchers, self.clock, self.metrics, refusals
         )
         self.server.add_generic_rpc_handlers(

@@ -1,4 +1,4 @@
-"""The `rotor` command: serve, manage clients (on the store), manage keys (over gRPC)."""
+"""The `rotor` command: serve, manage clients (on the store or over gRPC), manage keys (over gRPC)."""
 
 from __future__ import annotations
 
@@ -159,79 +159,331 @@ async def _with_store(config: Config, work: Callable[[Any], Any]) -> Any:
         await store.close()
 
 
-def cmd_clients_add(args: argparse.Namespace) -> int:
-    from rotor.clock import SystemClock
-    from rotor.core.clients import ClientExists, register_client
+class _StoreClients:
+    """`rotor clients` on the store (--config): the core's ClientAdmin, as actor "cli"."""
 
-    config = load_config(args.config)
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._config = load_config(args.config)
 
-    async def add(store: Any) -> Any:
-        return await register_client(
-            store,
-            SystemClock(),
-            args.name,
-            scopes=args.scope,
-            audiences=args.audience,
-            admin=args.admin,
-            allow_any_subject=args.allow_any_subject,
-            cert_san=args.cert_san,
-            tenant=args.tenant,
-            expires_in=_duration(args.expires, "--expires"),
+    def _run(self, work: Callable[[Any], Any]) -> Any:
+        from rotor.clock import SystemClock
+        from rotor.core.clients import ClientAdmin
+
+        async def run(store: Any) -> Any:
+            return await work(ClientAdmin(store, SystemClock(), self._config.tokens.max_access_ttl))
+
+        return asyncio.run(_with_store(self._config, run))
+
+    def add(self, name: str, fields: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        registration = self._run(lambda admin: admin.create(name, **fields))
+        return _client_row(registration.client), registration.secret
+
+    def get(self, name: str) -> dict[str, Any]:
+        return _client_row(self._run(lambda admin: admin.get(name)))
+
+    def list(self, tenant: str | None) -> list[dict[str, Any]]:
+        async def every(admin: Any) -> list[Any]:
+            found, token = [], ""
+            while True:
+                page = await admin.list(tenant, page_size=1000, page_token=token)
+                found += page.clients
+                if not (token := page.next_page_token):
+                    return found
+
+        return [_client_row(c) for c in self._run(every)]
+
+    def update(self, name: str, changes: dict[str, Any], revoke_tokens: bool) -> dict[str, Any]:
+        return _client_row(self._run(lambda admin: admin.update(name, changes, revoke_tokens=revoke_tokens)))
+
+    def delete(self, name: str) -> dict[str, Any]:
+        families, not_before = self._run(lambda admin: admin.delete(name))
+        return {"client_id": name, "families_revoked": families, "not_before": _iso(not_before)}
+
+    def set_disabled(self, name: str, disabled: bool) -> int:
+        _, families = self._run(lambda admin: admin.set_disabled(name, disabled))
+        return int(families)
+
+    def rotate_secret(self, name: str, overlap: float, ttl: float | None) -> dict[str, Any]:
+        client, secret = self._run(lambda admin: admin.rotate_secret(name, overlap=overlap, secret_ttl=ttl))
+        old_until = client.previous_secret_expires_at
+        return {
+            "client_id": client.client_id,
+            "client_secret": secret,
+            "previous_secret_valid_until": _iso(old_until) if old_until else None,
+            "secret_expires_at": _iso(client.secret_expires_at) if client.secret_expires_at else None,
+        }
+
+
+class _GrpcClients:
+    """`rotor clients` over gRPC (--target), as an admin client: KeyAdmin's client RPCs."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+
+    def _call(self, method: str, request: Any) -> Any:
+        return _admin_call(self._args, method, request)
+
+    def add(self, name: str, fields: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        from rotor.v1 import key_admin_pb2
+
+        request = key_admin_pb2.CreateClientRequest(
+            name=name,
+            tenant=fields["tenant"],
+            scopes=fields["scopes"],
+            audiences=fields["audiences"],
+            admin=fields["admin"],
+            allow_any_subject=fields["allow_any_subject"],
+            cert_sans=fields["cert_sans"],
+            allowed_cidrs=fields["allowed_cidrs"],
+        )
+        if fields["secret_ttl"] is not None:
+            request.secret_ttl.FromNanoseconds(int(fields["secret_ttl"] * 1e9))
+        response = self._call("CreateClient", request)
+        return _client_row_of_message(response.client), response.client_secret
+
+    def get(self, name: str) -> dict[str, Any]:
+        from rotor.v1 import key_admin_pb2
+
+        return _client_row_of_message(
+            self._call("GetClient", key_admin_pb2.GetClientRequest(client_id=name)).client
         )
 
-    try:
-        registration = asyncio.run(_with_store(config, add))
-    except ClientExists as e:
-        raise CliError(str(e)) from None
+    def list(self, tenant: str | None) -> list[dict[str, Any]]:
+        from rotor.v1 import key_admin_pb2
+
+        rows, token = [], ""
+        while True:
+            request = key_admin_pb2.ListClientsRequest(tenant=tenant or "", page_size=1000, page_token=token)
+            page = self._call("ListClients", request)
+            rows += [_client_row_of_message(c) for c in page.clients]
+            if not (token := page.next_page_token):
+                return rows
+
+    def update(self, name: str, changes: dict[str, Any], revoke_tokens: bool) -> dict[str, Any]:
+        from google.protobuf import field_mask_pb2
+
+        from rotor.v1 import key_admin_pb2
+
+        request = key_admin_pb2.UpdateClientRequest(
+            client_id=name,
+            update_mask=field_mask_pb2.FieldMask(paths=list(changes)),
+            client=key_admin_pb2.Client(**changes),
+            revoke_tokens=revoke_tokens,
+        )
+        return _client_row_of_message(self._call("UpdateClient", request).client)
+
+    def delete(self, name: str) -> dict[str, Any]:
+        from rotor.v1 import key_admin_pb2
+
+        response = self._call("DeleteClient", key_admin_pb2.DeleteClientRequest(client_id=name))
+        return {
+            "client_id": name,
+            "families_revoked": response.families_revoked,
+            "not_before": _iso(response.not_before.seconds),
+        }
+
+    def set_disabled(self, name: str, disabled: bool) -> int:
+        from google.protobuf import field_mask_pb2
+
+        from rotor.v1 import key_admin_pb2
+
+        request = key_admin_pb2.UpdateClientRequest(
+            client_id=name,
+            update_mask=field_mask_pb2.FieldMask(paths=["disabled"]),
+            client=key_admin_pb2.Client(disabled=disabled),
+        )
+        self._call("UpdateClient", request)
+        return -1  # the RPC does not say how many
+
+    def rotate_secret(self, name: str, overlap: float, ttl: float | None) -> dict[str, Any]:
+        from rotor.v1 import key_admin_pb2
+
+        request = key_admin_pb2.RotateClientSecretRequest(client_id=name)
+        if overlap:
+            request.overlap.FromNanoseconds(int(overlap * 1e9))
+        if ttl is not None:
+            request.secret_ttl.FromNanoseconds(int(ttl * 1e9))
+        secret = self._call("RotateClientSecret", request).client_secret
+        client = self.get(name)
+        return {
+            "client_id": name,
+            "client_secret": secret,
+            "previous_secret_valid_until": None,
+            "secret_expires_at": client["secret_expires_at"],
+            "overlap_seconds": overlap,
+        }
+
+
+def _clients(args: argparse.Namespace) -> _StoreClients | _GrpcClients:
+    """Where `rotor clients` works: over gRPC with --target, else on the store (--config)."""
+    if args.target:
+        if args.config:
+            raise CliError(
+                "give either --target (over gRPC, as an admin) or --config (on the store), not both"
+            )
+        return _GrpcClients(args)
+    if args.client_id or args.client_secret or args.ca_file or args.cert_file:
+        raise CliError("--client-id, --client-secret and the TLS files go with --target HOST:PORT")
+    return _StoreClients(args)
+
+
+def _client_row(c: Any) -> dict[str, Any]:
+    return {
+        "client_id": c.client_id,
+        "tenant": c.tenant,
+        "scopes": list(c.scopes),
+        "audiences": list(c.audiences),
+        "admin": c.admin,
+        "allow_any_subject": c.allow_any_subject,
+        "cert_san": c.cert_san,
+        "allowed_cidrs": list(c.allowed_cidrs),
+        "disabled": c.disabled,
+        "created_at": _iso(c.created_at),
+        "secret_expires_at": _iso(c.secret_expires_at) if c.secret_expires_at else None,
+    }
+
+
+def _client_row_of_message(c: Any) -> dict[str, Any]:
+    return {
+        "client_id": c.client_id,
+        "tenant": c.tenant,
+        "scopes": list(c.scopes),
+        "audiences": list(c.audiences),
+        "admin": c.admin,
+        "allow_any_subject": c.allow_any_subject,
+        "cert_san": c.cert_sans[0] if c.cert_sans else None,
+        "allowed_cidrs": list(c.allowed_cidrs),
+        "disabled": c.disabled,
+        "created_at": _iso(c.created_at.seconds),
+        "secret_expires_at": _iso(c.secret_expires_at.seconds) if c.HasField("secret_expires_at") else None,
+    }
+
+
+def cmd_clients_add(args: argparse.Namespace) -> int:
+    door = _clients(args)
+    fields = {
+        "tenant": args.tenant,
+        "scopes": args.scope,
+        "audiences": args.audience,
+        "admin": args.admin,
+        "allow_any_subject": args.allow_any_subject,
+        "cert_sans": [args.cert_san] if args.cert_san else [],
+        "allowed_cidrs": args.allowed_cidr,
+        "secret_ttl": _duration(args.expires, "--expires"),
+    }
+    c, secret = door.add(args.name, fields)
     if args.json:
-        print(json.dumps({"client_id": registration.client.client_id, "client_secret": registration.secret}))
+        print(json.dumps({"client_id": c["client_id"], "client_secret": secret}))
     else:
-        c = registration.client
-        print(f"client_id:     {c.client_id}")
-        print(f"client_secret: {registration.secret}")
-        print(f"scopes:        {' '.join(c.scopes) or '-'}")
-        print(f"audiences:     {' '.join(c.audiences) or '-'}")
-        print(f"admin:         {'yes' if c.admin else 'no'}")
-        if c.cert_san:
-            print(f"cert_san:      {c.cert_san} (a client certificate with this URI SAN authenticates it)")
+        print(f"client_id:     {c['client_id']}")
+        print(f"client_secret: {secret}")
+        print(f"scopes:        {' '.join(c['scopes']) or '-'}")
+        print(f"audiences:     {' '.join(c['audiences']) or '-'}")
+        print(f"admin:         {'yes' if c['admin'] else 'no'}")
+        if c["cert_san"]:
+            print(f"cert_san:      {c['cert_san']} (a client certificate with this URI SAN authenticates it)")
+        if c["allowed_cidrs"]:
+            print(f"allowed from:  {' '.join(c['allowed_cidrs'])}")
         print("The secret is shown once: only its hash is stored.")
     return 0
 
 
+_CLIENT_COLUMNS = ("client_id", "scopes", "audiences", "admin", "disabled", "created_at")
+
+
 def cmd_clients_list(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    clients = asyncio.run(_with_store(config, lambda store: store.list_clients()))
-    rows = [
-        {
-            "client_id": c.client_id,
-            "scopes": list(c.scopes),
-            "audiences": list(c.audiences),
-            "admin": c.admin,
-            "allow_any_subject": c.allow_any_subject,
-            "cert_san": c.cert_san,
-            "disabled": c.disabled,
-            "created_at": _iso(c.created_at),
-        }
-        for c in clients
-    ]
-    _output(rows, args.json, ("client_id", "scopes", "audiences", "admin", "disabled", "created_at"))
+    rows = _clients(args).list(args.tenant)
+    for row in rows:
+        del row["secret_expires_at"]  # `show` has it; a listing shows no secret's anything
+    _output(rows, args.json, _CLIENT_COLUMNS)
+    return 0
+
+
+def cmd_clients_show(args: argparse.Namespace) -> int:
+    row = _clients(args).get(args.name)
+    if args.json:
+        print(json.dumps(row, indent=2))
+    else:
+        for name, value in row.items():
+            shown = ("yes" if value else "no") if isinstance(value, bool) else value
+            shown = " ".join(shown) if isinstance(shown, list) else shown
+            print(f"{name + ':':<19}{shown if shown not in (None, '') else '-'}")
+    return 0
+
+
+def cmd_clients_update(args: argparse.Namespace) -> int:
+    from rotor.core.clients import cidrs
+
+    door = _clients(args)
+    changes: dict[str, Any] = {}
+    if args.add_scope or args.remove_scope or args.add_audience or args.remove_audience:
+        current = door.get(args.name)
+        if args.add_scope or args.remove_scope:
+            changes["scopes"] = _edited(current["scopes"], args.add_scope, args.remove_scope)
+        if args.add_audience or args.remove_audience:
+            changes["audiences"] = _edited(current["audiences"], args.add_audience, args.remove_audience)
+    if args.any_address:
+        if args.allowed_cidr:
+            raise CliError("give either --allowed-cidr or --any-address, not both")
+        changes["allowed_cidrs"] = []
+    elif args.allowed_cidr:
+        changes["allowed_cidrs"] = list(cidrs(args.allowed_cidr))
+    if args.admin is not None:
+        changes["admin"] = args.admin
+    if args.allow_any_subject is not None:
+        changes["allow_any_subject"] = args.allow_any_subject
+    if not changes and not args.revoke_tokens:
+        raise CliError(
+            "nothing to change: give --add-scope/--remove-scope, --add-audience/--remove-audience, "
+            "--allowed-cidr, --any-address, --admin/--no-admin, --allow-any-subject/--no-allow-any-subject "
+            "or --revoke-tokens"
+        )
+    row = door.update(args.name, changes, args.revoke_tokens)
+    if args.json:
+        print(json.dumps(row))
+    else:
+        print(
+            f"updated {row['client_id']}: "
+            + ", ".join(sorted(changes))
+            + ("; its tokens are revoked" if args.revoke_tokens else "")
+        )
+    return 0
+
+
+def _edited(current: list[str], add: list[str], remove: list[str]) -> list[str]:
+    """`current` with `add` appended (each once) and `remove` taken out."""
+    out = [v for v in current if v not in remove]
+    return out + [v for v in dict.fromkeys(add) if v not in out and v not in remove]
+
+
+def cmd_clients_delete(args: argparse.Namespace) -> int:
+    row = _clients(args).delete(args.name)
+    if args.json:
+        print(json.dumps(row))
+    else:
+        print(
+            f"deleted {row['client_id']}; revoked {row['families_revoked']} refresh families and its access "
+            f"tokens issued before {row['not_before']} (its audit history stays)"
+        )
     return 0
 
 
 def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
-    from rotor.clock import SystemClock
-    from rotor.core.clients import set_disabled
-
-    config = load_config(args.config)
-    client, families = asyncio.run(
-        _with_store(config, lambda store: set_disabled(store, SystemClock(), args.name, disabled))
-    )
+    families = _clients(args).set_disabled(args.name, disabled)
     if args.json:
-        print(json.dumps({"client_id": client.client_id, "disabled": disabled, "families_revoked": families}))
+        document: dict[str, Any] = {"client_id": args.name, "disabled": disabled}
+        if families >= 0:
+            document["families_revoked"] = families
+        print(json.dumps(document))
     elif disabled:
-        print(f"disabled {client.client_id}; revoked {families} refresh families")
+        revoked = (
+            f"; revoked {families} refresh families"
+            if families >= 0
+            else "; its refresh families are revoked"
+        )
+        print(f"disabled {args.name}{revoked}")
     else:
-        print(f"enabled {client.client_id} (its revoked refresh families stay revoked)")
+        print(f"enabled {args.name} (its revoked refresh families stay revoked)")
     return 0
 
 
@@ -244,37 +496,23 @@ def cmd_clients_enable(args: argparse.Namespace) -> int:
 
 
 def cmd_clients_rotate_secret(args: argparse.Namespace) -> int:
-    from rotor.clock import SystemClock
-    from rotor.core.clients import rotate_secret
-
-    config = load_config(args.config)
     overlap, expires = _duration(args.overlap, "--overlap"), _duration(args.expires, "--expires")
-    client, secret = asyncio.run(
-        _with_store(
-            config,
-            lambda store: rotate_secret(
-                store, SystemClock(), args.name, overlap=overlap or 0.0, expires_in=expires
-            ),
-        )
-    )
-    old_until = client.previous_secret_expires_at
+    row = _clients(args).rotate_secret(args.name, overlap or 0.0, expires)
+    old_until = row["previous_secret_valid_until"]
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "client_id": client.client_id,
-                    "client_secret": secret,
-                    "previous_secret_valid_until": _iso(old_until) if old_until else None,
-                    "secret_expires_at": _iso(client.secret_expires_at) if client.secret_expires_at else None,
-                }
-            )
-        )
+        row.pop("overlap_seconds", None)
+        print(json.dumps(row))
     else:
-        print(f"client_id:     {client.client_id}")
-        print(f"client_secret: {secret}")
-        print(f"old secret:    {'works until ' + _iso(old_until) if old_until else 'stopped working now'}")
-        if client.secret_expires_at:
-            print(f"expires:       {_iso(client.secret_expires_at)}")
+        print(f"client_id:     {row['client_id']}")
+        print(f"client_secret: {row['client_secret']}")
+        if old_until:
+            print(f"old secret:    works until {old_until}")
+        elif row.get("overlap_seconds"):
+            print(f"old secret:    works for {row['overlap_seconds']:g} s more")
+        else:
+            print("old secret:    stopped working now")
+        if row["secret_expires_at"]:
+            print(f"expires:       {row['secret_expires_at']}")
         print("The secret is shown once: only its hash is stored.")
     return 0
 
@@ -547,7 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    clients = sub.add_parser("clients", help="register and manage clients (works on the store directly)")
+    clients = sub.add_parser(
+        "clients",
+        help="register and manage clients: on the store (--config) or over gRPC as an admin (--target)",
+    )
     csub = clients.add_subparsers(dest="clients_command", required=True)
     add = csub.add_parser("add", help="register a client; prints its secret once")
     add.add_argument("name", help="the client_id")
@@ -560,11 +801,57 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--cert-san", metavar="URI", help="a client certificate with this URI SAN authenticates it (mTLS)"
     )
+    add.add_argument(
+        "--allowed-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a network it may call from, IPv4 or IPv6 (repeatable; none: any)",
+    )
     add.add_argument("--tenant", default="", help="its tenant: keys, events and revocations of its own")
     add.add_argument("--expires", metavar="DURATION", help='the secret stops working after, e.g. "90d"')
     add.set_defaults(func=cmd_clients_add)
     lst = csub.add_parser("list", help="list clients")
+    lst.add_argument(
+        "--tenant",
+        default=None,
+        help="only this tenant's (default: every tenant on the store; over gRPC, the admin's own)",
+    )
     lst.set_defaults(func=cmd_clients_list)
+    show = csub.add_parser("show", help="show one client (never its secret)")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_clients_show)
+    upd = csub.add_parser(
+        "update", help="change a client's grants; the next call sees them (tokens issued stay valid)"
+    )
+    upd.add_argument("name")
+    upd.add_argument("--add-scope", action="append", default=[], metavar="S", help="repeatable")
+    upd.add_argument("--remove-scope", action="append", default=[], metavar="S", help="repeatable")
+    upd.add_argument("--add-audience", action="append", default=[], metavar="A", help="repeatable")
+    upd.add_argument("--remove-audience", action="append", default=[], metavar="A", help="repeatable")
+    upd.add_argument(
+        "--allowed-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="replaces the networks it may call from (repeatable)",
+    )
+    upd.add_argument("--any-address", action="store_true", help="clear allowed_cidrs: any address")
+    upd.add_argument(
+        "--admin", action=argparse.BooleanOptionalAction, default=None, help="make or unmake an admin"
+    )
+    upd.add_argument("--allow-any-subject", action=argparse.BooleanOptionalAction, default=None)
+    upd.add_argument(
+        "--revoke-tokens",
+        action="store_true",
+        help="also revoke every token it holds (as RevokeClientTokens)",
+    )
+    upd.set_defaults(func=cmd_clients_update)
+    dele = csub.add_parser(
+        "delete", help="remove a client and revoke its tokens; its audit history stays, its name is free"
+    )
+    dele.add_argument("name")
+    dele.set_defaults(func=cmd_clients_delete)
     dis = csub.add_parser(
         "disable", help="stop a client at once: it cannot authenticate, its grants are revoked"
     )
@@ -578,8 +865,11 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--overlap", metavar="DURATION", help='how long the old secret still works, e.g. "24h"')
     rot.add_argument("--expires", metavar="DURATION", help='the new secret stops working after, e.g. "90d"')
     rot.set_defaults(func=cmd_clients_rotate_secret)
-    for p in (add, lst, dis, ena, rot):
-        p.add_argument("--config", help="TOML config file (default: the dev settings, ./data)")
+    for p in (add, lst, show, upd, dele, dis, ena, rot):
+        p.add_argument(
+            "--config", help="TOML config file: work on its store (default: the dev settings, ./data)"
+        )
+        _add_admin_flags(p)
         p.add_argument("--json", action="store_true", help="print JSON")
 
     audit = sub.add_parser("audit", help="the tamper-evident audit log (works on the store directly)")
@@ -624,13 +914,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", help="HOST:PORT (default: listen from --config)")
         p.add_argument("--config", help="TOML config file")
         p.add_argument("--tenant", default="", help="tenant (default: the default tenant)")
-        p.add_argument("--client-id", help="admin client id (or ROTOR_CLIENT_ID)")
-        p.add_argument("--client-secret", help="admin client secret (or ROTOR_CLIENT_SECRET)")
-        p.add_argument("--ca-file", help="PEM CA that signed the server's certificate (TLS)")
-        p.add_argument("--cert-file", help="PEM client certificate (mTLS)")
-        p.add_argument("--key-file", help="PEM key of the client certificate (mTLS)")
+        _add_admin_flags(p, target=False)
         p.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _add_admin_flags(p: argparse.ArgumentParser, target: bool = True) -> None:
+    """The flags of a command that calls KeyAdmin as an admin client (shared by keys and clients)."""
+    if target:
+        p.add_argument("--target", help="HOST:PORT: work over gRPC as an admin client, not on the store")
+    p.add_argument("--client-id", help="admin client id (or ROTOR_CLIENT_ID)")
+    p.add_argument("--client-secret", help="admin client secret (or ROTOR_CLIENT_SECRET)")
+    p.add_argument("--ca-file", help="PEM CA that signed the server's certificate (TLS)")
+    p.add_argument("--cert-file", help="PEM client certificate (mTLS)")
+    p.add_argument("--key-file", help="PEM key of the client certificate (mTLS)")
 
 
 def _dash_safe(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
