@@ -232,6 +232,9 @@ class RotorServer:
         )
         flusher = asyncio.create_task(self._flush_refusals(key_admin), name="rotor-refusal-summaries")
         self._running.push_async_callback(_cancel, flusher)
+        if self.metrics.shared:  # one of several workers: keep the shared metric files current
+            syncer = asyncio.create_task(self._sync_metrics(), name="rotor-metrics-sync")
+            self._running.push_async_callback(_cancel, syncer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable(
             self.server, [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -274,6 +277,11 @@ class RotorServer:
                 await key_admin.flush_refusal_summaries()
             except Exception as e:  # the store away: the summaries wait for the next round
                 log.warning("cannot write refusal summaries to the audit log: %s", e)
+
+    async def _sync_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.metrics.sync()
 
     def ready(self) -> bool:
         """Whether this server can do its job: not stopping, and every tenant has a key that signs."""

@@ -9,15 +9,23 @@ how late do events reach them; how long each RPC takes.
 Client ids are labels: they are registered names (a bounded set), and a call
 that failed to authenticate is counted under client "" so nothing a caller
 sends can create a series.
+
+Under `rotor serve --workers N` every worker writes its metrics to files in
+PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, which the
+supervisor sets up), so one scrape of any worker shows the whole server:
+counters and histograms summed over workers, `rotor_watchers_connected` and
+`rotor_rotator_leader` summed over live workers, and the key timeline (the
+same in every worker: they share the store) from the worker scraped.
 """
 
 from __future__ import annotations
 
 import contextvars
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -35,6 +43,17 @@ AUTH_FAILURES = frozenset({"INVALID_CLIENT", "CLIENT_DISABLED"})
 # a refresh token presented again, or by another client: either ends its family
 THEFT = frozenset({"REFRESH_TOKEN_REUSED", "REFRESH_TOKEN_CLIENT_MISMATCH"})
 TOKEN_RPCS = {"Issue": "issued", "Refresh": "refreshed", "Revoke": "revoked"}
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: this process is one of several workers
+LEADER_HELP = (
+    "1 on the process holding the rotator lease (it runs the key schedule); across replicas, the sum should be 1."
+)
+ROTATOR_FAILURES_HELP = "Key-schedule ticks that failed (retried at once; the log says why)."
+AUDIT_FAILURES_HELP = "Audit entries that could not be written; the change each belonged to did not happen."
+
+
+def multiprocess_dir() -> str | None:
+    """Where the workers of this server write their metrics; None for a single process."""
+    return os.environ.get(MULTIPROCESS_ENV) or None
 
 
 class Metrics:
@@ -43,6 +62,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._children: dict[tuple[Any, ...], Any] = {}
+        self.shared = multiprocess_dir()  # the workers' metrics directory, if this is one of them
+        self._local: list[Collector] = []  # computed at scrape time in the scraped process only
+        self._syncs: list[Callable[[], None]] = []  # copy callback values into shared metrics
         r = self.registry
         self.rpc_duration = Histogram(
             "rotor_rpc_duration_seconds",
@@ -90,7 +112,9 @@ class Metrics:
             "address (a summary entry a minute counts them there too).",
             registry=r,
         )
-        self.watchers = Gauge("rotor_watchers_connected", "Open WatchKeyRotations streams.", registry=r)
+        self.watchers = Gauge(
+            "rotor_watchers_connected", "Open WatchKeyRotations streams.", registry=r, multiprocess_mode="livesum"
+        )
         self.delivery_lag = Histogram(
             "rotor_event_delivery_lag_seconds",
             "From an event's commit to its sending on a watcher's stream.",
@@ -100,11 +124,39 @@ class Metrics:
 
     def watch_rotator(self, leading: Callable[[], bool], failures: Callable[[], int]) -> None:
         """Export whether this process runs the key schedule, and its failed ticks."""
-        self.registry.register(_RotatorCollector(leading, failures))
+        if not self.shared:
+            self.registry.register(_RotatorCollector(leading, failures))
+            return
+        leader = Gauge("rotor_rotator_leader", LEADER_HELP, registry=self.registry, multiprocess_mode="livesum")
+        failed = Counter("rotor_rotator_failures", ROTATOR_FAILURES_HELP, registry=self.registry)
+        self._syncs += [lambda: leader.set(1 if leading() else 0), _follow(failed, failures)]
 
     def watch_audit(self) -> None:
         """Export the audit appends that failed in this process (each failed its change too)."""
-        self.registry.register(_AuditCollector())
+        if not self.shared:
+            self.registry.register(_AuditCollector())
+            return
+        failed = Counter("rotor_audit_write_failures", AUDIT_FAILURES_HELP, registry=self.registry)
+        self._syncs.append(_follow(failed, lambda: AUDIT_WRITE_FAILURES.count))
+
+    def sync(self) -> None:
+        """Copy what callbacks report into the shared files (workers only; the server calls this
+        every second, and each scrape)."""
+        for sync in self._syncs:
+            sync()
+
+    def exposition(self) -> bytes:
+        """The text a scrape of /metrics gets: this process's metrics, or every worker's."""
+        if not self.shared:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.sync()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.shared)  # type: ignore[no-untyped-call]
+        for collector in self._local:
+            registry.register(collector)
+        return generate_latest(registry)
 
     def watch_keys(
         self,
@@ -115,7 +167,9 @@ class Metrics:
         now: Callable[[], float],
     ) -> None:
         """Export the key timeline, read from the key ring at each scrape."""
-        self.registry.register(_KeyCollector(tenants, live, can_sign, policy, now))
+        collector = _KeyCollector(tenants, live, can_sign, policy, now)
+        self.registry.register(collector)
+        self._local.append(collector)
 
     def observe(self, method: str, code: str, seconds: float | None, reason: str) -> None:
         """One finished RPC (seconds None for streams), labelled with the caller in `caller`."""
@@ -141,30 +195,35 @@ class Metrics:
         return child
 
 
+def _follow(counter: Counter, total: Callable[[], int]) -> Callable[[], None]:
+    """A sync that moves `counter` on by what `total` grew since the last sync."""
+    seen = 0
+
+    def sync() -> None:
+        nonlocal seen
+        now = total()
+        if now > seen:
+            counter.inc(now - seen)
+            seen = now
+
+    return sync
+
+
 class _RotatorCollector(Collector):
     def __init__(self, leading: Callable[[], bool], failures: Callable[[], int]) -> None:
         self._leading, self._failures = leading, failures
 
     def collect(self) -> Iterable[Metric]:
-        leader = GaugeMetricFamily(
-            "rotor_rotator_leader",
-            "1 on the process holding the rotator lease (it runs the key schedule); across replicas, "
-            "the sum should be 1.",
-        )
+        leader = GaugeMetricFamily("rotor_rotator_leader", LEADER_HELP)
         leader.add_metric([], 1 if self._leading() else 0)
-        failures = CounterMetricFamily(
-            "rotor_rotator_failures", "Key-schedule ticks that failed (retried at once; the log says why)."
-        )
+        failures = CounterMetricFamily("rotor_rotator_failures", ROTATOR_FAILURES_HELP)
         failures.add_metric([], self._failures())
         return [leader, failures]
 
 
 class _AuditCollector(Collector):
     def collect(self) -> Iterable[Metric]:
-        failures = CounterMetricFamily(
-            "rotor_audit_write_failures",
-            "Audit entries that could not be written; the change each belonged to did not happen.",
-        )
+        failures = CounterMetricFamily("rotor_audit_write_failures", AUDIT_FAILURES_HELP)
         failures.add_metric([], AUDIT_WRITE_FAILURES.count)
         return [failures]
 

@@ -5,15 +5,20 @@ key-encryption key), then starts the workers and watches them: a worker that
 dies is started again (a worker that keeps dying stops them all), and SIGTERM
 or SIGINT is passed on to every worker, whose graceful stop the parent awaits.
 Each worker is `rotor` itself, run with the same arguments and WORKER_ENV set.
+The workers write their metrics to one directory (PROMETHEUS_MULTIPROC_DIR, a
+fresh one the parent makes and removes unless the environment names one), so
+that a scrape of /metrics on any worker counts the whole server.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -21,6 +26,7 @@ from types import FrameType
 log = logging.getLogger("rotor.workers")
 
 WORKER_ENV = "ROTOR_WORKER"  # set in each worker: its index, 0..N-1
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # where the workers write their metrics
 RESTART_DELAY = 1.0  # seconds before a dead worker is started again
 MAX_RESTARTS = 5  # within RESTART_WINDOW: more means something is wrong with every start
 RESTART_WINDOW = 60.0
@@ -42,9 +48,11 @@ class Supervisor:
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
         self._restarts: list[float] = []
         self._stopping = False
+        self._metrics_dir = os.environ.get(MULTIPROCESS_ENV) or ""
+        self._own_metrics_dir = False
 
     def _start(self, index: int) -> None:
-        env = {**os.environ, WORKER_ENV: str(index)}
+        env = {**os.environ, WORKER_ENV: str(index), MULTIPROCESS_ENV: self._metrics_dir}
         argv = [sys.executable, "-m", "rotor.cli", *self._argv]  # our own arguments, not input
         self._workers[index] = subprocess.Popen(argv, env=env)  # noqa: S603
         log.info("worker %d started (pid %d)", index, self._workers[index].pid)
@@ -58,6 +66,22 @@ class Supervisor:
                 proc.send_signal(signal.SIGTERM)
 
     def run(self) -> int:
+        if not self._metrics_dir:
+            self._metrics_dir = tempfile.mkdtemp(prefix="rotor-metrics-")
+            self._own_metrics_dir = True
+        try:
+            return self._run()
+        finally:
+            if self._own_metrics_dir:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _dead(self, pid: int) -> None:
+        """A worker is gone: its live gauges (watchers, rotator leader) stop counting."""
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+
+    def _run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         for index in range(self._count):
@@ -79,6 +103,7 @@ class Supervisor:
                     self._on_signal(signal.SIGTERM, None)
                     break
                 log.warning("worker %d (pid %d) exited with %d; starting it again", index, proc.pid, code)
+                self._dead(proc.pid)
                 time.sleep(RESTART_DELAY)
                 self._start(index)
         return self._wait() if not failed else max(self._wait(), 1)

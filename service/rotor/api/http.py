@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from rotor.core import validation
 from rotor.core.errors import RotorError
@@ -91,7 +91,7 @@ class HttpSide:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, host.strip("[]"), int(port), ssl_context=ssl_context, reuse_port=None
+            self._runner, host.strip("[]"), int(port), ssl_context=ssl_context, reuse_port=self._reuse_port or None
         )
         try:
             await site.start()
@@ -148,7 +148,7 @@ class HttpSide:
         return _json(document, 200, {"Cache-Control": f"public, max-age={self._max_age}"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._metrics.registry)
+        body = self._metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
