@@ -44,9 +44,7 @@ AUTH_FAILURES = frozenset({"INVALID_CLIENT", "CLIENT_DISABLED"})
 THEFT = frozenset({"REFRESH_TOKEN_REUSED", "REFRESH_TOKEN_CLIENT_MISMATCH"})
 TOKEN_RPCS = {"Issue": "issued", "Refresh": "refreshed", "Revoke": "revoked"}
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: this process is one of several workers
-LEADER_HELP = (
-    "1 on the process holding the rotator lease (it runs the key schedule); across replicas, the sum should be 1."
-)
+LEADER_HELP = "1 on the process holding the rotator lease (it runs the key schedule); across replicas, the sum should be 1."
 ROTATOR_FAILURES_HELP = "Key-schedule ticks that failed (retried at once; the log says why)."
 AUDIT_FAILURES_HELP = "Audit entries that could not be written; the change each belonged to did not happen."
 
@@ -113,7 +111,10 @@ class Metrics:
             registry=r,
         )
         self.watchers = Gauge(
-            "rotor_watchers_connected", "Open WatchKeyRotations streams.", registry=r, multiprocess_mode="livesum"
+            "rotor_watchers_connected",
+            "Open WatchKeyRotations streams.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.delivery_lag = Histogram(
             "rotor_event_delivery_lag_seconds",
@@ -127,7 +128,9 @@ class Metrics:
         if not self.shared:
             self.registry.register(_RotatorCollector(leading, failures))
             return
-        leader = Gauge("rotor_rotator_leader", LEADER_HELP, registry=self.registry, multiprocess_mode="livesum")
+        leader = Gauge(
+            "rotor_rotator_leader", LEADER_HELP, registry=self.registry, multiprocess_mode="livesum"
+        )
         failed = Counter("rotor_rotator_failures", ROTATOR_FAILURES_HELP, registry=self.registry)
         self._syncs += [lambda: leader.set(1 if leading() else 0), _follow(failed, failures)]
 

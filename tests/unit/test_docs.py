@@ -297,3 +297,30 @@ def test_links_from_deploy_into_the_docs_resolve(file: str, doc: str, anchor: st
     assert anchor in github_slugs(target.read_text()), (
         f"{file}: docs/{doc}#{anchor}: no heading has this anchor"
     )
+
+
+# -- the README's error table ---------------------------------------------------------
+
+README = ROOT / "README.md"
+README_ROW = re.compile(
+    r"^\|\s*([A-Z_]+)(?:\s*\([^)]*\))?\s*\|\s*(`[A-Z0-9_]+`(?:,\s*`[A-Z0-9_]+`)*)\s*\|\s*$"
+)
+
+
+def readme_reasons() -> set[tuple[str, str]]:
+    """(reason, status) of every row of the README's error table, under "## Errors"."""
+    section = README.read_text().split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
+    found: set[tuple[str, str]] = set()
+    for line in prose_lines(section):
+        if row := README_ROW.match(line):
+            found |= {(reason, row.group(1)) for reason in re.findall(r"`([A-Z0-9_]+)`", row.group(2))}
+    return found
+
+
+def test_the_readme_error_table_lists_exactly_the_reasons_the_server_sends() -> None:
+    # INTERNAL is a bug's answer, never a well-formed request's: the README says so in prose
+    expected = {(reason, status) for reason, status in server_reasons() if status != "INTERNAL"}
+    found = readme_reasons()
+    assert found, "no error table under ## Errors in README.md"
+    assert sorted(expected - found) == [], "reasons the server sends that the README's table lacks"
+    assert sorted(found - expected) == [], "reasons in the README's table the server does not send"
