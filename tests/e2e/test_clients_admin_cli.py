@@ -4,7 +4,10 @@ store (--config) and over gRPC as an admin client (--target), against a running 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -13,8 +16,27 @@ import rotor_client
 
 from .conftest import MakeServer
 from .support import RotorProcess, basic, error_info, run_rotor
+from .test_replicas import POSTGRES, psql
 
 MODES = ("store", "grpc")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Config overrides for a store: SQLite in the data dir, or a fresh PostgreSQL schema
+    (required in CI, skipped elsewhere when there is none)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    try:
+        psql("SELECT 1")
+    except (AssertionError, FileNotFoundError) as e:
+        if os.environ.get("CI"):
+            raise AssertionError(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {e}") from None
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({e})")
+    schema = f"rotor_clients_{secrets.token_hex(6)}"
+    yield {"database_url": f"{POSTGRES}?search_path={schema}"}
+    psql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def clients(
@@ -143,8 +165,10 @@ def test_the_whole_client_lifecycle(make_server: MakeServer, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_new_tenants_first_issue_succeeds_at_once(make_server: MakeServer, mode: str) -> None:
-    server = make_server()
+def test_a_new_tenants_first_issue_succeeds_at_once(
+    make_server: MakeServer, mode: str, backend: dict[str, Any]
+) -> None:
+    server = make_server(backend)
     admin = server.add_client("ops", "--admin")
     added = json.loads(
         ok(clients(server, mode, admin, "add", "t-svc", "--tenant", "fresh", "--audience", "api", "--json"))
@@ -154,8 +178,10 @@ def test_a_new_tenants_first_issue_succeeds_at_once(make_server: MakeServer, mod
     assert issued.key_id in {k.kid for k in keys.keys}
 
 
-def test_a_tenant_added_while_no_server_runs_issues_at_the_first_call(make_server: MakeServer) -> None:
-    server = make_server(start=False)
+def test_a_tenant_added_while_no_server_runs_issues_at_the_first_call(
+    make_server: MakeServer, backend: dict[str, Any]
+) -> None:
+    server = make_server(backend, start=False)
     added = server.add_client("t-svc", "--tenant", "cold", "--audience", "api")
     server.start()
     assert issue(server, added).access_token

@@ -56,6 +56,14 @@ def test_two_workers_share_the_side_port_and_one_scrape_counts_every_issue(tmp_p
         )
     try:
         wait_serving(address, proc, 60, lambda: log_path.read_text(errors="replace")[-6000:])
+        deadline = time.monotonic() + 60
+        while (
+            log_path.read_text(errors="replace").count("serving rotor.v1") < 2
+        ):  # both workers, side port too
+            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text(errors="replace")[
+                -6000:
+            ]
+            time.sleep(0.1)
         added = run_rotor(
             "clients", "add", "svc", "--audience", "api", "--json", "--config", str(config), cwd=tmp_path
         )
