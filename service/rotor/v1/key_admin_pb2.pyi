@@ -588,7 +588,10 @@ class CreateClientRequest(_message.Message):
     ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
     SECRET_TTL_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
-    """Tenant; empty is the default tenant. A new name creates the tenant."""
+    """Tenant; empty is the calling admin's own (for an admin of the default
+    tenant, the default tenant). A new name creates the tenant, and its first
+    key is made before the response: the client can Issue at once.
+    """
     name: _builtins.str
     """The client_id (1-128 letters, digits or ._:@/+-)."""
     admin: _builtins.bool
