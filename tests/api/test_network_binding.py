@@ -134,4 +134,4 @@ async def test_a_summary_entry_counts_the_refusals_left_out(make_rotor: MakeRoto
         if e.action == "audit.refusals_suppressed"
     ]
     assert len(summaries) == 1 and '"suppressed":7' in summaries[0].details_json
-    assert "127.0.0.1" in summaries[0].target
+    assert summaries[0].target == "127.0.0.1"

@@ -14,11 +14,11 @@ import grpc
 from rotor.api import convert
 from rotor.api.auth import CallerAuth, basic_credentials_or_none, bound_certificate
 from rotor.api.handlers import Context, service, streaming, unary
-from rotor.api.limits import RateLimiter, WatcherLimits, peer_address
+from rotor.api.limits import RateLimiter, WatcherLimits
 from rotor.clock import Clock
 from rotor.core import audit, validation
 from rotor.core.audit import RefusalBudget, Suppressed
-from rotor.core.clients import ClientAdmin, check_address
+from rotor.core.clients import ClientAdmin, check_address, peer_host
 from rotor.core.errors import (
     AdminRequired,
     ClientDisabled,
@@ -277,7 +277,7 @@ class KeyAdminServicer:
         """Write a refusal to the audit log, within the caller's address's budget (a flood of
         refused calls adds a summary entry a minute, not an entry each)."""
         now = self._clock.now()
-        if not self._refusals.admit(peer_address(context.peer()), now):
+        if not self._refusals.admit(peer_host(context.peer()), now):
             return
         async with self._store.transaction() as tx:
             await tx.append_audit(

@@ -284,7 +284,7 @@ def _address(peer: str) -> _IP | None:
     return address
 
 
-def _peer_host(peer: str) -> str:
+def peer_host(peer: str) -> str:
     """A peer's address without its port, as refusal budgets count it."""
     address = _address(peer)
     return str(address) if address is not None else peer[:128]
@@ -310,7 +310,7 @@ async def check_address(
     if address_allowed(client, peer):
         return
     now = clock.now()
-    if budget is None or budget.admit(_peer_host(peer), now):
+    if budget is None or budget.admit(peer_host(peer), now):
         async with store.transaction() as tx:
             await tx.append_audit(
                 now,
