@@ -279,24 +279,33 @@ class KeyAdminServicer:
         now = self._clock.now()
         if not self._refusals.admit(peer_host(context.peer()), now):
             return
-        async with self._store.transaction() as tx:
-            await tx.append_audit(
-                now,
-                actor[:128],
-                "admin.denied",
-                rpc,
-                "denied",
-                tenant,
-                audit.details(reason=reason, peer=context.peer()[:128], **details),
-            )
-            await self._write_summaries(tx, self._refusals.summaries(), now)
+        summaries = self._refusals.summaries()  # of windows closed since: written with this entry
+        try:
+            async with self._store.transaction() as tx:
+                await tx.append_audit(
+                    now,
+                    actor[:128],
+                    "admin.denied",
+                    rpc,
+                    "denied",
+                    tenant,
+                    audit.details(reason=reason, peer=context.peer()[:128], **details),
+                )
+                await self._write_summaries(tx, summaries, now)
+        except BaseException:
+            self._refusals.unwritten(summaries)
+            raise
 
     async def flush_refusal_summaries(self) -> None:
         """Write the summaries of refusal windows that have closed (the server calls this often)."""
         summaries = self._refusals.summaries(self._clock.now())
         if summaries:
-            async with self._store.transaction() as tx:
-                await self._write_summaries(tx, summaries, self._clock.now())
+            try:
+                async with self._store.transaction() as tx:
+                    await self._write_summaries(tx, summaries, self._clock.now())
+            except BaseException:
+                self._refusals.unwritten(summaries)  # written at the next round instead
+                raise
 
     async def _write_summaries(self, tx: Any, summaries: list[Suppressed], now: float) -> None:
         for s in summaries:

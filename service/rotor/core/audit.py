@@ -166,3 +166,7 @@ class RefusalBudget:
                         self._pending.append(Suppressed(address, window.suppressed, window.started))
         out, self._pending = self._pending, []
         return out
+
+    def unwritten(self, summaries: list[Suppressed]) -> None:
+        """Summaries that could not be written (the store away): returned by the next `summaries`."""
+        self._pending = summaries + self._pending
