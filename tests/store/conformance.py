@@ -188,6 +188,30 @@ class TestClients:
             assert await tx.update_client(a_client("ghost")) is False
         assert await store.get_client("ghost") is None
 
+    async def test_allowed_cidrs_read_back_in_order(self, store: Store) -> None:
+        client = a_client(allowed_cidrs=("10.0.0.0/8", "fd00::/8"))
+        async with store.transaction() as tx:
+            await tx.insert_client(client)
+        assert await store.get_client("svc-a") == client
+        async with store.transaction() as tx:
+            assert await tx.update_client(replace(client, allowed_cidrs=())) is True
+        stored = await store.get_client("svc-a")
+        assert stored is not None and stored.allowed_cidrs == ()
+
+    async def test_delete_client_frees_its_id_and_certificate_san(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_client(a_client(cert_san="spiffe://example.org/a"))
+        async with store.transaction() as tx:
+            assert await tx.delete_client("svc-a") is True
+            assert await tx.get_client("svc-a") is None
+        assert await store.get_client("svc-a") is None
+        assert await store.get_client_by_cert_san("spiffe://example.org/a") is None
+        async with store.transaction() as tx:
+            assert await tx.delete_client("svc-a") is False
+            await tx.insert_client(a_client(cert_san="spiffe://example.org/a", scopes=("again",)))
+        again = await store.get_client("svc-a")
+        assert again is not None and again.scopes == ("again",)
+
     async def test_list_clients_returns_every_client(self, store: Store) -> None:
         async with store.transaction() as tx:
             for name in ("svc-b", "svc-a", "svc-c"):
