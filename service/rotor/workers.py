@@ -69,6 +69,8 @@ class Supervisor:
         if not self._metrics_dir:
             self._metrics_dir = tempfile.mkdtemp(prefix="rotor-metrics-")
             self._own_metrics_dir = True
+        else:
+            os.makedirs(self._metrics_dir, exist_ok=True)
         try:
             return self._run()
         finally:
