@@ -13,6 +13,7 @@ import grpc
 
 from rotor.api import convert
 from rotor.api.auth import CallerAuth, basic_credentials_or_none, bound_certificate
+from rotor.api.calls import TokenCalls
 from rotor.api.handlers import Context, service, streaming, unary
 from rotor.api.limits import RateLimiter, WatcherLimits
 from rotor.clock import Clock
@@ -101,10 +102,7 @@ class TokenServicer:
         self._metrics = metrics
         self._watchers = watchers or WatcherRegistry()
         self._hub, self._encoder, self._clock, self._limits = hub, encoder, clock, limits
-        self._issue_rate, self._refresh_rate = rates or (
-            RateLimiter("Issue", 0, 0, clock),
-            RateLimiter("Refresh", 0, 0, clock),
-        )
+        self.calls = TokenCalls(tokens, clock, rates)  # shared with the HTTP door
         self._keysets = KeySetCache(store, hub, encoder, clock)
         self._heartbeat = heartbeat_interval
         self.write_timeout = write_timeout  # read by @streaming
@@ -114,9 +112,8 @@ class TokenServicer:
         self, request: token_service_pb2.IssueRequest, context: Context
     ) -> token_service_pb2.TokenResponse:
         client = await self._auth.require(context)
-        self._issue_rate.take(client.client_id)
         ttl = convert.seconds_of(request.ttl, "ttl") if request.HasField("ttl") else None
-        issued = await self._tokens.issue(
+        issued = await self.calls.issue(
             client,
             audiences=tuple(request.audience),
             scopes=tuple(request.scope),
@@ -131,8 +128,7 @@ class TokenServicer:
         self, request: token_service_pb2.RefreshRequest, context: Context
     ) -> token_service_pb2.TokenResponse:
         client = await self._auth.require(context)
-        self._refresh_rate.take(client.client_id)
-        issued = await self._tokens.refresh(
+        issued = await self.calls.refresh(
             client,
             refresh_token=request.refresh_token,
             scopes=tuple(request.scope),
@@ -145,8 +141,16 @@ class TokenServicer:
         self, request: token_service_pb2.RevokeRequest, context: Context
     ) -> token_service_pb2.RevokeResponse:
         client = await self._auth.require(context)
-        revoked = await self._tokens.revoke(client, token=request.token, reason=request.reason)
+        revoked = await self.calls.revoke(client, token=request.token, reason=request.reason)
         return token_service_pb2.RevokeResponse(revoked=revoked)
+
+    @unary
+    async def introspect(
+        self, request: token_service_pb2.IntrospectRequest, context: Context
+    ) -> token_service_pb2.IntrospectResponse:
+        client = await self._auth.require(context)
+        found = await self.calls.introspect(client, token=request.token)
+        return convert.introspection(found)
 
     @unary
     async def get_key_set(self, request: token_service_pb2.GetKeySetRequest, context: Context) -> bytes:
@@ -220,6 +224,7 @@ class TokenServicer:
                 "Refresh": (self.refresh, token_service_pb2.RefreshRequest),
                 "Revoke": (self.revoke, token_service_pb2.RevokeRequest),
                 "GetKeySet": (self.get_key_set, token_service_pb2.GetKeySetRequest),
+                "Introspect": (self.introspect, token_service_pb2.IntrospectRequest),
             },
             {"WatchKeyRotations": (self.watch_key_rotations, token_service_pb2.WatchKeyRotationsRequest)},
             self._metrics,
