@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml hatch_build.py
 # Debian packages some tests need (each such test skips outside CI naming its package,
 # and fails in CI without it). One `SYSTEM_PACKAGES += NAME` line per package, with why.
 SYSTEM_PACKAGES :=
+SYSTEM_PACKAGES += curl  # the README's "Getting tokens over HTTP" lines, run as pasted (tests/e2e/test_readme.py)
 
 ## system-packages: install the Debian packages the tests need (apt-get, as root; CI runs it)
 system-packages:
