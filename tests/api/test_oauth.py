@@ -27,6 +27,7 @@ from oauthlib.oauth2 import BackendApplicationClient
 from requests_oauthlib import OAuth2Session as OAuthlibSession
 from rotor.clock import FakeClock
 from rotor.config import TenantConfig
+from rotor.v1 import key_admin_pb2
 from rotor_client import KeySetWatcher, RevokeKeyRequest, Verifier
 from rotor_client.verifier import certificate_thumbprint
 
@@ -550,3 +551,23 @@ async def test_http_calls_are_counted_in_the_same_metrics(rotor: Rotor, svc: Cre
         text = await resp.text()
     assert f'rotor_tokens_issued_total{{client="{svc.client_id}",outcome="ok"}} 2.0' in text
     assert 'rotor_auth_failures_total{reason="INVALID_CLIENT"} 1.0' in text
+
+
+async def test_introspection_of_a_token_of_a_client_whose_tokens_were_all_revoked(
+    make_rotor: MakeRotor,
+) -> None:
+    """RevokeClientTokens covers the tokens issued before it: introspection says inactive."""
+    clock = FakeClock(start=float(int(time.time())))
+    rotor = await make_rotor(http_listen="127.0.0.1:0", clock=clock)
+    svc = await rotor.add_client("svc-orders")
+    ops = await rotor.add_client("ops-admin", admin=True)
+    before = await token(rotor, svc)
+    await rotor.admin.RevokeClientTokens(
+        key_admin_pb2.RevokeClientTokensRequest(client_id=svc.client_id, reason="test"),
+        metadata=ops.metadata,
+        timeout=30,
+    )
+    assert await introspect(rotor, ops, before["access_token"]) == {"active": False}
+    clock.advance(2)  # past not_before, the next whole second
+    after = await token(rotor, svc)
+    assert (await introspect(rotor, ops, after["access_token"]))["active"] is True

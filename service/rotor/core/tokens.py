@@ -493,8 +493,8 @@ class TokenService:
         if await self._store.get_revoked_token(jti) is not None:
             return None
         owner = str(claims.get("client_id", ""))
-        snapshot = await self._store.snapshot(key.tenant, now)
-        if any(r.client_id == owner and iat < r.not_before for r in snapshot.client_revocations):
+        cut_off = await self._store.get_client_revocation(owner)
+        if cut_off is not None and cut_off.tenant == key.tenant and iat < cut_off.not_before:
             return None  # RevokeClientTokens covered it
         aud = claims.get("aud")
         audiences = (aud,) if isinstance(aud, str) else tuple(a for a in aud or () if isinstance(a, str))
