@@ -25,6 +25,7 @@ from authlib.integrations.requests_client import OAuth2Session
 from multidict import CIMultiDict
 from oauthlib.oauth2 import BackendApplicationClient
 from requests_oauthlib import OAuth2Session as OAuthlibSession
+from rotor.api.limits import address_of_ip, peer_address
 from rotor.clock import FakeClock
 from rotor.config import TenantConfig
 from rotor.v1 import key_admin_pb2
@@ -571,3 +572,26 @@ async def test_introspection_of_a_token_of_a_client_whose_tokens_were_all_revoke
     clock.advance(2)  # past not_before, the next whole second
     after = await token(rotor, svc)
     assert (await introspect(rotor, ops, after["access_token"]))["active"] is True
+
+
+def test_http_and_grpc_name_one_caller_by_the_same_address() -> None:
+    assert address_of_ip("10.0.0.7") == peer_address("ipv4:10.0.0.7:51234")
+    assert address_of_ip("::1") == peer_address("ipv6:[::1]:51234")
+
+
+async def test_guesses_from_one_address_over_http_hold_back_that_address_over_grpc(
+    make_rotor: MakeRotor,
+) -> None:
+    """The per-address backoff is shared too: 30 failed sign-ins for made-up clients over HTTP,
+    and a further guess from the same address over gRPC waits."""
+    clock = FakeClock(start=float(int(time.time())))  # the backoff does not run out mid-test
+    rotor = await make_rotor(http_listen="127.0.0.1:0", clock=clock)
+    for i in range(30):
+        status, _, _ = await post(
+            base(rotor) + "/oauth2/token",
+            {"grant_type": "client_credentials"},
+            basic(Credentials(f"nobody-{i}", "guess")),
+        )
+        assert status == 401
+    err = await failure(rotor.issue(Credentials("nobody-else", "guess"), audience=[AUDIENCE]))
+    assert_error(err, grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_FAILED_AUTHENTICATIONS")

@@ -34,7 +34,7 @@ from multidict import MultiDictProxy
 from rotor.api.auth import CallerAuth, parse_basic, unregistered_certificate
 from rotor.api.calls import TokenCalls
 from rotor.api.errors import STATUS_OF, oauth_error_of
-from rotor.api.limits import peer_address
+from rotor.api.limits import address_of_ip
 from rotor.clock import Clock
 from rotor.core.errors import InvalidClient, InvalidRequest, RotorError, TooManyRequests, quote
 from rotor.core.model import Client
@@ -251,7 +251,8 @@ class OAuthEndpoints:
                     reason,
                     {"Retry-After": "1"},
                 )
-            except web.HTTPException:
+            except web.HTTPException:  # aiohttp's own refusals: a body over its size limit
+                code, reason = "INVALID_ARGUMENT", "MALFORMED_REQUEST"
                 raise
             except Exception:
                 incident = uuid.uuid4().hex[:12]
@@ -288,7 +289,7 @@ class OAuthEndpoints:
         strings: MultiDictProxy[str] = form  # type: ignore[assignment]  # checked above
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        return _Call(strings, peer_address(str(request.remote or "")), peer_certificate_der(der))
+        return _Call(strings, address_of_ip(request.remote or ""), peer_certificate_der(der))
 
     def _error(self, error: RotorError, call: _Call | None) -> web.Response:
         status, code = oauth_error_of(error)
