@@ -29,7 +29,7 @@ issuer = "https://rotor.client-check"
 listen = "127.0.0.1:$port"
 data_dir = "$work/data"
 TOML
-secret=$(.venv/bin/rotor clients add client-check --config "$work/rotor.toml" --audience api --json |
+secret=$(.venv/bin/rotor clients add client-check --config "$work/rotor.toml" --audience api --admin --json |
 	.venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["client_secret"])')
 .venv/bin/rotor serve --config "$work/rotor.toml" >"$work/server.log" 2>&1 &
 server_pid=$!

@@ -94,3 +94,31 @@ async def test_wrong_credentials_are_refused_with_a_reason(server: dict[str, str
                 timeout=30,
             )
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_an_immediate_rotation_reaches_the_watcher_and_its_tokens_verify(
+    server: dict[str, str],
+) -> None:
+    """The watcher learns of a new key as it activates; a token it signs verifies at once.
+    (make client-check registers its client as an admin.)"""
+    credentials = basic_auth(server["ROTOR_CLIENT_ID"], server["ROTOR_CLIENT_SECRET"])
+    async with (
+        KeySetWatcher(server["ROTOR_ADDRESS"]) as watcher,
+        aio.insecure_channel(server["ROTOR_ADDRESS"]) as channel,
+    ):
+        verifier = Verifier(watcher, issuer=server["ROTOR_ISSUER"], audience=server["ROTOR_AUDIENCE"])
+        rotated = await rotor_client.KeyAdminStub(channel).RotateKeys(
+            rotor_client.RotateKeysRequest(reason="client-check", immediate=True),
+            metadata=credentials,
+            timeout=30,
+        )
+        async with asyncio.timeout(30):
+            while True:
+                if watcher.keyset is not None and rotated.key.kid in {k.kid for k in watcher.keyset.keys}:
+                    break
+                await asyncio.sleep(0.05)
+        issued = await TokenServiceStub(channel).Issue(
+            rotor_client.IssueRequest(audience=[server["ROTOR_AUDIENCE"]]), metadata=credentials, timeout=30
+        )
+        assert issued.key_id == rotated.key.kid
+        assert verifier.verify(issued.access_token).client_id == server["ROTOR_CLIENT_ID"]
