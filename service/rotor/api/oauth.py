@@ -85,8 +85,7 @@ class OAuthEndpoints:
     def __init__(
         self, auth: CallerAuth, calls: TokenCalls, clock: Clock, metrics: Metrics, *, mtls: bool
     ) -> None:
-        self._auth, self._calls, self._clock, self._metrics, self._mtls = auth, calls, clock, metrics, mtls
-        self._issuer = calls.tokens.policy.issuer
+        self._auth, self._calls, self._clock, self._metrics = auth, calls, clock, metrics
         methods = ["client_secret_basic", "client_secret_post", *(["tls_client_auth"] * mtls)]
         grants = ["client_credentials", *(["refresh_token"] * calls.refresh_tokens)]
         self._metadata: dict[str, Any] = {
