@@ -122,3 +122,57 @@ async def test_an_immediate_rotation_reaches_the_watcher_and_its_tokens_verify(
         )
         assert issued.key_id == rotated.key.kid
         assert verifier.verify(issued.access_token).client_id == server["ROTOR_CLIENT_ID"]
+
+
+async def test_a_service_behind_the_verifying_interceptor_admits_a_token_and_refuses_none(
+    server: dict[str, str],
+) -> None:
+    """A grpc.aio service of one's own, behind VerifyingInterceptor, sees the caller's claims."""
+    from google.protobuf import wrappers_pb2
+    from rotor_client import VerifyingInterceptor, current_claims
+
+    async def whoami(
+        request: wrappers_pb2.StringValue, context: aio.ServicerContext
+    ) -> wrappers_pb2.StringValue:
+        return wrappers_pb2.StringValue(value=current_claims().client_id)
+
+    handler = grpc.method_handlers_generic_handler(
+        "check.Who",
+        {
+            "Am": grpc.unary_unary_rpc_method_handler(
+                whoami,
+                request_deserializer=wrappers_pb2.StringValue.FromString,
+                response_serializer=wrappers_pb2.StringValue.SerializeToString,
+            )
+        },
+    )
+    client = TokenClient(
+        server["ROTOR_ADDRESS"],
+        server["ROTOR_CLIENT_ID"],
+        server["ROTOR_CLIENT_SECRET"],
+        audience=server["ROTOR_AUDIENCE"],
+    )
+    async with KeySetWatcher(server["ROTOR_ADDRESS"]) as watcher:
+        verifier = Verifier(watcher, issuer=server["ROTOR_ISSUER"], audience=server["ROTOR_AUDIENCE"])
+        service = aio.server(interceptors=[VerifyingInterceptor(verifier)])
+        service.add_generic_rpc_handlers((handler,))
+        port = service.add_insecure_port("127.0.0.1:0")
+        await service.start()
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary(
+                    "/check.Who/Am",
+                    request_serializer=wrappers_pb2.StringValue.SerializeToString,
+                    response_deserializer=wrappers_pb2.StringValue.FromString,
+                )
+                token = await client.token()
+                answer = await call(
+                    wrappers_pb2.StringValue(), metadata=(("authorization", f"Bearer {token}"),), timeout=30
+                )
+                assert answer.value == server["ROTOR_CLIENT_ID"]
+                with pytest.raises(aio.AioRpcError) as refused:
+                    await call(wrappers_pb2.StringValue(), timeout=30)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await service.stop(None)
+            await client.close()
