@@ -39,6 +39,7 @@ from rotor.clock import Clock
 from rotor.core.errors import InvalidClient, InvalidRequest, RotorError, TooManyRequests, quote
 from rotor.core.model import Client
 from rotor.core.tokens import Introspection, IssuedTokens
+from rotor.logs import new_request_id, request_id
 from rotor.metrics import Metrics, caller
 from rotor.store import StoreError
 from rotor.tls import PeerCertificate, peer_certificate_der
@@ -232,6 +233,7 @@ class OAuthEndpoints:
         async def endpoint(request: web.Request) -> web.Response:
             start = time.perf_counter()
             who = caller.set("")
+            rid = request_id.set(new_request_id((("x-request-id", request.headers.get("X-Request-Id")),)))
             call: _Call | None = None
             code, reason = "OK", ""
             try:
@@ -267,6 +269,7 @@ class OAuthEndpoints:
                 name = call.method if call is not None else method
                 self._metrics.observe(name, code, time.perf_counter() - start, reason)
                 caller.reset(who)
+                request_id.reset(rid)
 
         return endpoint
 
