@@ -142,6 +142,12 @@ async def test_requests_oauthlib_backend_application_client(
             )
         )
 
+    def fetch_unscoped() -> dict[str, Any]:
+        session = OAuthlibSession(client=BackendApplicationClient(client_id=svc.client_id))
+        return dict(session.fetch_token(token_url=url, client_id=svc.client_id, client_secret=svc.secret))
+
+    unscoped = await asyncio.to_thread(fetch_unscoped)
+    assert "scope" not in unscoped and "scope" not in jwt_part(unscoped["access_token"], 1)
     issued = await asyncio.to_thread(fetch)
     assert issued["scope"] == ["orders.write"]  # oauthlib splits it
     claims = jwt_part(issued["access_token"], 1)

@@ -164,7 +164,8 @@ class OAuthEndpoints:
             body["refresh_token"] = issued.refresh_token
             if issued.refresh_expires_at is not None:
                 body["refresh_expires_in"] = max(int(issued.refresh_expires_at) - now, 0)
-        body["scope"] = " ".join(issued.scopes)
+        if issued.scopes:  # none granted: no scope member, as RFC 6749 §5.1 allows
+            body["scope"] = " ".join(issued.scopes)
         return body
 
     async def _revoke(self, request: web.Request, call: _Call) -> web.Response:
