@@ -100,7 +100,11 @@ class HttpSide:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, host.strip("[]"), int(port), ssl_context=ssl_context, reuse_port=None
+            self._runner,
+            host.strip("[]"),
+            int(port),
+            ssl_context=ssl_context,
+            reuse_port=self._reuse_port or None,
         )
         try:
             await site.start()
