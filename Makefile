@@ -4,21 +4,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/rotor/v1/*.proto)
-GEN_DIR := service
+GEN_DIR := clients/python
 # the protos with their comments, for reflection (grpcurl describe shows them)
 DESCRIPTORS := rotor/v1/descriptors.binpb
 
-.PHONY: system-packages run test acceptance acceptance-postgres bench bench-smoke check proto proto-check lint types fmt ci clean
+.PHONY: client-check dist system-packages run test acceptance acceptance-postgres bench bench-smoke check proto proto-check lint types fmt ci clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml hatch_build.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# the client (and the stubs) editable too, over the copy the server's dependency installed
+	$(BIN)/pip install -q --no-deps -e ./clients/python
 	touch $@
 
 # Debian packages some tests need (each such test skips outside CI naming its package,
 # and fails in CI without it). One `SYSTEM_PACKAGES += NAME` line per package, with why.
 SYSTEM_PACKAGES :=
+SYSTEM_PACKAGES += curl  # the README's "Getting tokens over HTTP" lines, run as pasted (tests/e2e/test_readme.py)
 
 ## system-packages: install the Debian packages the tests need (apt-get, as root; CI runs it)
 system-packages:
@@ -36,6 +39,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest tests
 
+## client-check: rotor-client alone in a fresh virtualenv (none of the server's dependencies), its tests against a server from .venv
+client-check: $(STAMP)
+	PYTHON=$(PYTHON) tools/client-check.sh
+
+## dist: wheels and sdists of rotor and rotor-client in dist/, checked by twine (one version: clients/python/rotor_client/_version.py)
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist clients/python
+	ROTOR_DIST=1 $(BIN)/python -m build --outdir dist .  # requires rotor-client==VERSION, not a path
+	$(BIN)/twine check --strict dist/*
+
 ## acceptance: the shared black-box suite for the contract
 acceptance: $(STAMP)
 	$(BIN)/pytest ../shared/acceptance $(ACCEPTANCE_ARGS)
@@ -52,7 +66,7 @@ bench: $(STAMP)
 bench-smoke: $(STAMP)
 	$(BIN)/python bench/run.py --smoke $(BENCH_ARGS)
 
-## proto: regenerate the stubs in service/rotor/v1 from protos/
+## proto: regenerate the stubs in clients/python/rotor/v1 (shipped by rotor-client) from protos/
 proto: $(STAMP)
 	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
 		--python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
@@ -90,4 +104,4 @@ buf:
 check: lint types proto-check buf
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -21,6 +21,7 @@ from rotor.api.auth import CallerAuth
 from rotor.api.convert import KeySetEncoder
 from rotor.api.http import HttpSide, KeySetSource
 from rotor.api.limits import AuthBackoff, RateLimiter, WatcherLimits
+from rotor.api.oauth import OAuthEndpoints
 from rotor.api.servicers import HEARTBEAT_INTERVAL, KeyAdminServicer, KeySetCache, TokenServicer
 from rotor.clock import Clock, SystemClock
 from rotor.config import Config
@@ -209,27 +210,23 @@ class RotorServer:
         self.key_admin = key_admin = KeyAdminServicer(
             auth, self.keys, self.tokens, self.store, self.watchers, self.clock, self.metrics, refusals
         )
-        self.server.add_generic_rpc_handlers(
-            (
-                TokenServicer(
-                    auth,
-                    self.tokens,
-                    self.keys,
-                    self.store,
-                    self.hub,
-                    self.encoder,
-                    self.clock,
-                    self.watcher_limits,
-                    rates,
-                    self._heartbeat_interval,
-                    self.metrics,
-                    self.watchers,
-                    limits.write_timeout,
-                    refusals,
-                ).handler(),
-                key_admin.handler(),
-            )
+        token_servicer = TokenServicer(
+            auth,
+            self.tokens,
+            self.keys,
+            self.store,
+            self.hub,
+            self.encoder,
+            self.clock,
+            self.watcher_limits,
+            rates,
+            self._heartbeat_interval,
+            self.metrics,
+            self.watchers,
+            limits.write_timeout,
+            refusals,
         )
+        self.server.add_generic_rpc_handlers((token_servicer.handler(), key_admin.handler()))
         flusher = asyncio.create_task(self._flush_refusals(key_admin), name="rotor-refusal-summaries")
         self._running.push_async_callback(_cancel, flusher)
         if self.metrics.shared:  # one of several workers: keep the shared metric files current
@@ -263,6 +260,13 @@ class RotorServer:
                 ready=self.ready,
                 mtls=tls is not None and tls.client_ca is not None,
                 reuse_port=self._reuse_port,  # every worker serves it: each its own /metrics
+                oauth=OAuthEndpoints(
+                    auth,
+                    token_servicer.calls,
+                    self.clock,
+                    self.metrics,
+                    mtls=tls is not None and tls.client_ca is not None,
+                ),
             )
             ssl_context = tls.ssl_context(config.tls) if tls is not None else None
             self.http_port = await self.http.start(config.http_listen, ssl_context)

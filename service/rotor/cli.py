@@ -24,6 +24,7 @@ log = logging.getLogger("rotor")
 DEMO_CLIENT = "demo"
 DEMO_AUDIENCE = "demo-api"
 DEMO_SCOPES = ("demo.read", "demo.write")
+DEV_HTTP_LISTEN = "127.0.0.1:50052"  # the dev server's HTTP side port: JWKS, discovery, OAuth 2.0
 GC_THRESHOLD = 50_000  # allocations between young collections (Python's default is 700)
 
 
@@ -75,6 +76,7 @@ async def _serve(config: Config, dev: bool, reuse_port: bool) -> int:
 
 
 async def _print_dev_banner(server: Any, where: str) -> None:
+    from rotor.app import address
     from rotor.core.clients import ClientExists, register_client, reset_secret
 
     try:
@@ -92,6 +94,7 @@ async def _print_dev_banner(server: Any, where: str) -> None:
         secret = await reset_secret(server.store, server.clock, DEMO_CLIENT)
     basic = base64.b64encode(f"{DEMO_CLIENT}:{secret}".encode()).decode()
     request = json.dumps({"audience": [DEMO_AUDIENCE], "scope": ["demo.read"]})
+    http = f"http://{address(server.config.http_listen, server.http_port)}" if server.http_port else ""
     print(
         f"""
 Rotor dev server on {where} (SQLite under {server.config.data_dir})
@@ -103,9 +106,10 @@ Demo client (admin; a fresh secret at every start):
 
 Try:
   grpcurl -plaintext -H 'authorization: Basic {basic}' -d '{request}' {where} rotor.v1.TokenService/Issue
+  curl -s -u {DEMO_CLIENT}:{secret} -d grant_type=client_credentials {http}/oauth2/token
 
 For the README's walkthrough and the Python examples:
-  export ROTOR={where} AUTH={basic} ROTOR_CLIENT_ID={DEMO_CLIENT} ROTOR_CLIENT_SECRET={secret} ROTOR_ISSUER={shlex.quote(server.config.issuer)}
+  export ROTOR={where} AUTH={basic} ROTOR_CLIENT_ID={DEMO_CLIENT} ROTOR_CLIENT_SECRET={secret} ROTOR_ISSUER={shlex.quote(server.config.issuer)} ROTOR_HTTP={http}
 """,
         flush=True,
     )
@@ -131,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("give --config FILE, or --dev for a local server with no config")
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
-    config = load_config(args.config) if args.config else Config()
+    config = load_config(args.config) if args.config else Config(http_listen=DEV_HTTP_LISTEN)
     _setup_logging(config, dev=args.dev)
     index = worker_index()
     if args.workers > 1 and index is None:

@@ -87,6 +87,13 @@ def peer_certificate(auth_context: Mapping[str, Iterable[bytes]]) -> PeerCertifi
     return _described(pems[0] if isinstance(pems[0], bytes) else str(pems[0]).encode())
 
 
+def peer_certificate_der(der: bytes | None) -> PeerCertificate | None:
+    """The client certificate an HTTPS connection verified (DER, from the ssl object), or None."""
+    if not der:
+        return None
+    return _described(ssl.DER_cert_to_PEM_cert(der).encode("ascii"))
+
+
 @functools.lru_cache(maxsize=1024)
 def _described(pem: bytes) -> PeerCertificate:
     """A certificate's URI SANs and thumbprint, parsed once per certificate (clients call again and again)."""

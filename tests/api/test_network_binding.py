@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
+import aiohttp
 import grpc
 import pytest
 import rotor_client
@@ -135,3 +137,34 @@ async def test_a_summary_entry_counts_the_refusals_left_out(make_rotor: MakeRoto
     ]
     assert len(summaries) == 1 and '"suppressed":7' in summaries[0].details_json
     assert summaries[0].target == "127.0.0.1"
+
+
+async def test_the_http_door_binds_clients_to_their_networks_too(make_rotor: MakeRotor) -> None:
+    """/oauth2/token, /oauth2/revoke and /oauth2/introspect refuse a client outside its networks
+    (403 unauthorized_client, ADDRESS_NOT_ALLOWED), audited like the gRPC refusals; inside, served."""
+    rotor = await make_rotor(http_listen="127.0.0.1:0")
+    far = await bound(rotor, "far", "10.0.0.0/8")
+    near = await bound(rotor, "near", "127.0.0.0/8")
+    url = f"http://127.0.0.1:{rotor.server.http_port}/oauth2"
+    forms = {
+        "token": {"grant_type": "client_credentials", "audience": AUDIENCE},
+        "revoke": {"token": "x" * 43},
+        "introspect": {"token": "x" * 43},
+    }
+
+    async def post(endpoint: str, client: Credentials) -> tuple[int, dict[str, str]]:
+        credential = base64.b64encode(f"{client.client_id}:{client.secret}".encode()).decode()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{url}/{endpoint}", data=forms[endpoint], headers={"Authorization": f"Basic {credential}"}
+            ) as resp,
+        ):
+            return resp.status, await resp.json() if resp.content_length else {}
+
+    for endpoint in forms:
+        status, body = await post(endpoint, far)
+        assert status == 403, (endpoint, body)
+        assert body["error"] == "unauthorized_client" and body["error_reason"] == "ADDRESS_NOT_ALLOWED"
+        assert (await post(endpoint, near))[0] == 200, endpoint
+    assert await denials(rotor, "far") == ["Issue", "Revoke", "Introspect"]

@@ -11,8 +11,11 @@ to fail, or a stream cut off by `timeout`, says so in the README (`|| true`).
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -206,3 +209,45 @@ def test_the_example_service_admits_a_token_it_verified_locally(
         service.terminate()
         service.wait(timeout=10)
         log.close()
+
+
+# -- "Getting tokens over HTTP": the curl lines ----------------------------------------
+
+HTTP_HEADING = "## Getting tokens over HTTP"
+
+
+def curl_lines(markdown: str) -> list[str]:
+    """The lines of the ```sh blocks of the section on OAuth 2.0 over HTTP, in order."""
+    section = markdown.split(HTTP_HEADING, 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```sh\s*\n(.*?)^```", section, re.M | re.S)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_curl_lines_work_when_pasted(dev: DevServer, tmp_path: pathlib.Path) -> None:
+    """Pasted after the dev server's export line, each curl line does what the README says."""
+    if shutil.which("curl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("curl is missing: `make system-packages` installs the Debian package curl")
+        pytest.skip("needs curl (Debian package curl)")
+    assert dev.export_line is not None and "ROTOR_HTTP=http://" in dev.export_line, dev.banner
+    lines = curl_lines(README.read_text())
+    assert sum("curl " in line for line in lines) >= 8, lines
+    script = ["set -eo pipefail", dev.export_line]
+    for i, line in enumerate(lines):
+        script += [f"echo '{MARK}{i}'", line, "echo"]
+    done = bash("\n".join(script) + "\n", env=env_with_bin(), cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = [o.strip() for o in re.split(rf"^{MARK}\d+\n", done.stdout, flags=re.M)[1:]]
+    assert len(out) == len(lines), done.stdout
+    pairs = list(zip(lines, out, strict=True))
+    first = json.loads(out[0])
+    assert first["token_type"] == "Bearer" and first["scope"] == "demo.read" and first["access_token"]
+    refreshed, reused = (json.loads(o) for line, o in pairs if "grant_type=refresh_token" in line)
+    assert refreshed["scope"] == "demo.read"  # narrowed, with client_secret_post
+    assert reused["error_reason"] == "REFRESH_TOKEN_REUSED"
+    before, after = (json.loads(o) for line, o in pairs if "/oauth2/introspect" in line)
+    assert before["active"] is True and before["client_id"] == "demo"
+    assert after == {"active": False}
+    assert [o for line, o in pairs if "/oauth2/revoke" in line] == ["200"]
+    metadata = json.loads(out[-1])
+    assert metadata["token_endpoint"].endswith("/oauth2/token")

@@ -22,6 +22,7 @@ from rotor.core.audit import GENESIS, ChainVerifier, entry_hash
 from rotor.core.model import (
     AuditEntry,
     Client,
+    ClientRevocation,
     KeyState,
     Operation,
     OperationState,
@@ -433,6 +434,17 @@ class TestRevokedTokens:
         async with store.transaction() as tx:
             assert await tx.insert_revoked_token(a_revocation(revoked_at=T0 + 9, reason="again")) is False
         assert await store.get_revoked_token("jti-1") == a_revocation()
+
+    async def test_a_client_revocation_reads_back_by_client_and_is_replaced(self, store: Store) -> None:
+        first = ClientRevocation("svc-a", "", T0 + 1, T0 + 601)
+        async with store.transaction() as tx:
+            await tx.put_client_revocation(first)
+        assert await store.get_client_revocation("svc-a") == first
+        assert await store.get_client_revocation("svc-b") is None
+        later = ClientRevocation("svc-a", "", T0 + 50, T0 + 650)
+        async with store.transaction() as tx:
+            await tx.put_client_revocation(later)
+        assert await store.get_client_revocation("svc-a") == later
 
 
 class TestOperations:

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from rotor.api.errors import DOMAIN, STATUS_OF, rich_status
+from rotor.api.errors import DOMAIN, OAUTH_ERROR_OF, STATUS_OF, rich_status
 from rotor.core import errors
 from rotor.core.errors import RotorError, quote
 
@@ -32,6 +32,12 @@ def test_the_module_defines_errors() -> None:
 @pytest.mark.parametrize("error", DOMAIN_ERRORS, ids=lambda e: e.__name__)
 def test_every_domain_error_has_a_status(error: type[RotorError]) -> None:
     assert error in STATUS_OF
+
+
+@pytest.mark.parametrize("error", DOMAIN_ERRORS, ids=lambda e: e.__name__)
+def test_every_domain_error_has_an_oauth_error_for_the_http_door(error: type[RotorError]) -> None:
+    status, code = OAUTH_ERROR_OF[error]
+    assert 400 <= status < 600 and status != 500 and re.fullmatch(r"[a-z_]+", code)
 
 
 @pytest.mark.parametrize("error", DOMAIN_ERRORS, ids=lambda e: e.__name__)

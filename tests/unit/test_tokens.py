@@ -541,3 +541,71 @@ class TestRevokeRefreshToken:
         issued = await issue(tokens)
         clock.advance(REFRESH_TTL)
         assert await revoke(tokens, issued.refresh_token) is False
+
+
+# -- Introspect (RFC 7662) -------------------------------------------------------------
+
+
+class TestIntrospect:
+    async def test_an_active_access_token_is_described_by_its_claims(
+        self, tokens: TokenService, store: SqliteStore
+    ) -> None:
+        issued = await issue(tokens, scopes=("read",))
+        claims = await claims_of(store, issued)
+        found = await tokens.introspect(OTHER, token=issued.access_token)  # any client of the tenant
+        assert found is not None
+        assert (found.token_type, found.client_id, found.subject, found.scopes, found.audiences) == (
+            "Bearer",
+            "svc-a",
+            "svc-a",
+            ("read",),
+            ("https://api.internal",),
+        )
+        assert (found.expires_at, found.issued_at, found.jti, found.kid, found.issuer) == (
+            claims["exp"],
+            claims["iat"],
+            claims["jti"],
+            issued.key_id,
+            ISSUER,
+        )
+
+    async def test_expiry_ends_activity_at_exp(self, tokens: TokenService, clock: FakeClock) -> None:
+        issued = await issue(tokens)
+        clock.advance(ACCESS_TTL - 1)
+        assert await tokens.introspect(CLIENT, token=issued.access_token) is not None
+        clock.advance(1)
+        assert await tokens.introspect(CLIENT, token=issued.access_token) is None
+
+    async def test_forged_tampered_and_foreign_tokens_are_inactive(
+        self, tokens: TokenService, store: SqliteStore
+    ) -> None:
+        issued = await issue(tokens)
+        claims = await claims_of(store, issued)
+        head, _, signature = issued.access_token.split(".")
+        tampered = f"{head}.{b64url(json.dumps({**claims, 'scope': 'delete'}).encode())}.{signature}"
+        other_issuer = foreign_token({**claims, "iss": "https://elsewhere"}, issued.key_id)
+        for token in (
+            tampered,
+            foreign_token(claims, issued.key_id),
+            other_issuer,
+            "a.b.c",
+            "not-a-token",
+            f"{head}.{b64url(json.dumps({**claims, 'exp': 'never'}).encode())}.{signature}",
+        ):
+            assert await tokens.introspect(CLIENT, token=token) is None, token[:40]
+
+    async def test_a_refresh_token_is_visible_to_its_client_and_admins_only_until_used(
+        self, tokens: TokenService
+    ) -> None:
+        issued = await issue(tokens, scopes=("read",))
+        found = await tokens.introspect(CLIENT, token=issued.refresh_token)
+        assert found is not None and found.token_type == "refresh_token" and found.scopes == ("read",)
+        assert await tokens.introspect(ADMIN, token=issued.refresh_token) is not None
+        assert await tokens.introspect(OTHER, token=issued.refresh_token) is None
+        await tokens.refresh(CLIENT, refresh_token=issued.refresh_token, scopes=())
+        assert await tokens.introspect(CLIENT, token=issued.refresh_token) is None
+
+    async def test_an_empty_token_is_an_invalid_request(self, tokens: TokenService) -> None:
+        with pytest.raises(InvalidRequest) as refused:
+            await tokens.introspect(CLIENT, token="")
+        assert refused.value.error_reason == "FIELD_REQUIRED"

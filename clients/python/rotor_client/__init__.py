@@ -36,6 +36,8 @@ from rotor.v1.key_admin_pb2_grpc import KeyAdminStub
 from rotor.v1.keys_pb2 import KeyEvent, KeyEventType, KeySet
 from rotor.v1.token_service_pb2 import (
     GetKeySetRequest,
+    IntrospectRequest,
+    IntrospectResponse,
     IssueRequest,
     RefreshRequest,
     RevokeRequest,
@@ -73,6 +75,8 @@ __all__ = [
     "Claims",
     "GetKeySetRequest",
     "InsufficientScope",
+    "IntrospectRequest",
+    "IntrospectResponse",
     "InvalidAudience",
     "InvalidIssuer",
     "InvalidSignature",

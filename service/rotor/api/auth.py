@@ -1,4 +1,5 @@
-"""Caller authentication: RFC 6749 client_secret_basic in gRPC metadata."""
+"""Caller authentication: RFC 6749 client_secret_basic in gRPC metadata, or an mTLS client
+certificate; `CallerAuth.identify` serves the HTTP door too, with the same backoff."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from rotor.core.clients import Authenticator
 from rotor.core.errors import InvalidClient
 from rotor.core.model import Client
 from rotor.metrics import caller
-from rotor.tls import peer_certificate
+from rotor.tls import PeerCertificate, peer_certificate
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -31,12 +32,17 @@ def basic_credentials(metadata: Iterable[tuple[str, Any]] | None) -> tuple[str, 
         return None
     if isinstance(header, bytes):
         raise InvalidClient(f"the authorization header must be text; {_HOW}")
+    return parse_basic(header)
+
+
+def parse_basic(header: str, how: str = _HOW) -> tuple[str, str]:
+    """(client_id, client_secret) of an `Authorization: Basic ...` value; InvalidClient otherwise."""
     scheme, _, encoded = header.strip().partition(" ")
     if scheme.lower() != "basic":
-        raise InvalidClient(f"unsupported authorization scheme {scheme[:16]!r}; {_HOW}")
+        raise InvalidClient(f"unsupported authorization scheme {scheme[:16]!r}; {how}")
     encoded = encoded.strip()
     if not encoded:
-        raise InvalidClient(f"empty Basic credentials; {_HOW}")
+        raise InvalidClient(f"empty Basic credentials; {how}")
     if len(encoded) > MAX_CREDENTIALS:
         raise InvalidClient(
             f"Basic credentials are {len(encoded)} characters, over the limit of {MAX_CREDENTIALS}"
@@ -44,10 +50,10 @@ def basic_credentials(metadata: Iterable[tuple[str, Any]] | None) -> tuple[str, 
     try:
         decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
     except (binascii.Error, ValueError):
-        raise InvalidClient(f"Basic credentials are not base64 of UTF-8 text; {_HOW}") from None
+        raise InvalidClient(f"Basic credentials are not base64 of UTF-8 text; {how}") from None
     client_id, colon, secret = decoded.partition(":")
     if not colon or not client_id or not secret:
-        raise InvalidClient(f"Basic credentials must be client_id:client_secret, both non-empty; {_HOW}")
+        raise InvalidClient(f"Basic credentials must be client_id:client_secret, both non-empty; {how}")
     return client_id, secret
 
 
@@ -72,14 +78,23 @@ class CallerAuth:
     async def optional(self, context: Context) -> Client | None:
         """The caller, or None for an anonymous one (no Basic credentials, and no client
         certificate registered to a client)."""
-        credentials = basic_credentials(context.invocation_metadata())
+        return await self.identify(
+            basic_credentials(context.invocation_metadata()),
+            peer_address(context.peer()),
+            peer_certificate(context.auth_context()),
+        )
+
+    async def identify(
+        self, credentials: tuple[str, str] | None, address: str, certificate: PeerCertificate | None
+    ) -> Client | None:
+        """The client of a call from any door: by its (client_id, secret), or else by the client
+        certificate TLS verified; None when neither names one. Failed secrets slow further
+        guesses from the client id and the address alike, whichever door they come through."""
         client: Client | None = None
         if credentials is not None:
-            client = await self._basic(*credentials, peer_address(context.peer()))
-        else:
-            peer = peer_certificate(context.auth_context())
-            if peer is not None:
-                client = await self._authenticator.client_for_certificate(peer.uris)
+            client = await self._basic(*credentials, address)
+        elif certificate is not None:
+            client = await self._authenticator.client_for_certificate(certificate.uris)
         if client is None:
             return None
         caller.set(client.client_id)  # the metrics' and logs' client label
@@ -104,12 +119,17 @@ class CallerAuth:
             return client
         peer = peer_certificate(context.auth_context())
         if peer is not None:
-            shown = ", ".join(u[:80] for u in peer.uris[:3]) or "none"
-            raise InvalidClient(
-                f"no client is registered for this certificate's URI SANs ({shown}): register one with "
-                "`rotor clients add NAME --cert-san URI`, or send Basic credentials"
-            )
+            raise unregistered_certificate(peer)
         raise InvalidClient(f"this call needs client credentials; {_HOW}")
+
+
+def unregistered_certificate(peer: PeerCertificate) -> InvalidClient:
+    """The refusal of a client certificate registered to no client."""
+    shown = ", ".join(u[:80] for u in peer.uris[:3]) or "none"
+    return InvalidClient(
+        f"no client is registered for this certificate's URI SANs ({shown}): register one with "
+        "`rotor clients add NAME --cert-san URI`, or send client credentials"
+    )
 
 
 def bound_certificate(context: Context) -> str | None:

@@ -23,7 +23,7 @@ from rotor.core.model import (
     SigningKey,
     Snapshot,
 )
-from rotor.core.tokens import IssuedTokens
+from rotor.core.tokens import Introspection, IssuedTokens
 from rotor.v1 import key_admin_pb2, keys_pb2, token_service_pb2
 
 KEY_STATE = {
@@ -231,3 +231,21 @@ def token_response(t: IssuedTokens) -> token_service_pb2.TokenResponse:
     if t.refresh_expires_at is not None:
         msg.refresh_expires_at.CopyFrom(timestamp(t.refresh_expires_at))
     return msg
+
+
+def introspection(found: Introspection | None) -> token_service_pb2.IntrospectResponse:
+    """An IntrospectResponse: `active: false` and nothing else for a token that is not active."""
+    if found is None:
+        return token_service_pb2.IntrospectResponse(active=False)
+    return token_service_pb2.IntrospectResponse(
+        active=True,
+        client_id=found.client_id,
+        sub=found.subject,
+        scope=found.scopes,
+        audience=found.audiences,
+        expires_at=timestamp(found.expires_at),
+        issued_at=timestamp(found.issued_at),
+        jti=found.jti,
+        kid=found.kid,
+        issuer=found.issuer,
+    )

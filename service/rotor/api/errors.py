@@ -60,6 +60,53 @@ STATUS_OF: dict[type[e.RotorError], grpc.StatusCode] = {
 }
 
 
+# The HTTP door's view of the same errors: (HTTP status, RFC 6749 §5.2 `error`), for the OAuth 2.0
+# endpoints (the ErrorInfo reason goes along as `error_reason`).
+OAUTH_ERROR_OF: dict[type[e.RotorError], tuple[int, str]] = {
+    e.InvalidRequest: (400, "invalid_request"),
+    e.AudienceRequired: (400, "invalid_request"),
+    e.InvalidClient: (401, "invalid_client"),
+    e.ClientDisabled: (401, "invalid_client"),
+    e.RefreshTokenInvalid: (400, "invalid_grant"),
+    e.RefreshTokenExpired: (400, "invalid_grant"),
+    e.RefreshTokenRevoked: (400, "invalid_grant"),
+    e.RefreshTokenReused: (400, "invalid_grant"),
+    e.RefreshTokenWrongClient: (400, "invalid_grant"),
+    e.ScopeNotAllowed: (400, "invalid_scope"),
+    e.AudienceNotAllowed: (400, "invalid_target"),  # RFC 8707
+    e.SubjectNotAllowed: (400, "unauthorized_client"),
+    e.AdminRequired: (403, "access_denied"),
+    e.TokenNotOwned: (400, "unauthorized_client"),  # RFC 7009 §2.1
+    e.SelfApproval: (403, "access_denied"),
+    e.AddressNotAllowed: (403, "unauthorized_client"),  # this client may not call from this network
+    e.ClientExists: (409, "invalid_request"),
+    e.SelfLockout: (409, "invalid_request"),
+    e.KeyNotFound: (404, "invalid_request"),
+    e.ClientNotFound: (404, "invalid_request"),
+    e.OperationNotFound: (404, "invalid_request"),
+    e.TenantNotFound: (404, "invalid_request"),
+    e.OperationAlreadyApplied: (409, "invalid_request"),
+    e.OperationExpired: (409, "invalid_request"),
+    e.KeyNotRevocable: (409, "invalid_request"),
+    e.TooManyWatchers: (429, "too_many_requests"),
+    e.TooManyRequests: (429, "too_many_requests"),
+    e.WatcherTooSlow: (429, "too_many_requests"),
+    e.ShuttingDown: (503, "temporarily_unavailable"),
+    e.NoActiveKey: (503, "temporarily_unavailable"),
+    e.StoreUnavailable: (503, "temporarily_unavailable"),
+}
+
+# reasons that have an OAuth error of their own, whatever their class
+OAUTH_ERROR_OF_REASON: dict[str, tuple[int, str]] = {
+    "UNSUPPORTED_GRANT_TYPE": (400, "unsupported_grant_type"),
+}
+
+
+def oauth_error_of(error: e.RotorError) -> tuple[int, str]:
+    """(HTTP status, RFC 6749 `error`) of a domain error, for the HTTP door."""
+    return OAUTH_ERROR_OF_REASON.get(error.error_reason) or OAUTH_ERROR_OF[type(error)]
+
+
 def status_of(error: e.RotorError) -> grpc.StatusCode:
     return STATUS_OF[type(error)]
 

@@ -1,7 +1,9 @@
 """The HTTP side port (`http_listen`): for gateways, meshes and Prometheus, which speak HTTP, not gRPC.
 
     GET /.well-known/jwks.json[?tenant=T]     the key set GetKeySet returns, as a JWK Set
-    GET /.well-known/openid-configuration     issuer, jwks_uri, algorithms
+    GET /.well-known/openid-configuration     issuer, jwks_uri, algorithms, the OAuth 2.0 endpoints
+    GET /.well-known/oauth-authorization-server   the same document (RFC 8414)
+    POST /oauth2/token, /oauth2/revoke, /oauth2/introspect   OAuth 2.0 (rotor.api.oauth)
     GET /metrics                              Prometheus text format
     GET /healthz                              the process answers
     GET /readyz                               it can sign: every tenant has an active key
@@ -22,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from rotor.api.oauth import OAuthEndpoints
 from rotor.core import validation
 from rotor.core.errors import RotorError
 from rotor.core.keys import KeyManager
@@ -33,6 +36,7 @@ log = logging.getLogger("rotor.http")
 
 JWKS_PATH = "/.well-known/jwks.json"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 
 class KeySetSource:
@@ -72,6 +76,7 @@ class HttpSide:
         ready: Callable[[], bool],
         mtls: bool = False,
         reuse_port: bool = False,
+        oauth: OAuthEndpoints | None = None,
     ) -> None:
         self._mtls, self._reuse_port = mtls, reuse_port
         self._issuer, self._algorithm, self._max_age = issuer, algorithm, int(max_cache_age)
@@ -81,6 +86,10 @@ class HttpSide:
         app = web.Application(middlewares=[self._errors])
         app.router.add_get(JWKS_PATH, self.jwks)
         app.router.add_get(DISCOVERY_PATH, self.discovery)
+        app.router.add_get(AS_METADATA_PATH, self.discovery)
+        self._oauth = oauth
+        if oauth is not None:
+            oauth.add_routes(app.router)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -135,9 +144,10 @@ class HttpSide:
     async def discovery(self, request: web.Request) -> web.Response:
         _, _, algorithms = await self._keysets.jwks("")
         signing = sorted({self._algorithm, *algorithms})
+        base = f"{request.scheme}://{request.host}"
         document = {
             "issuer": self._issuer,
-            "jwks_uri": f"{request.scheme}://{request.host}{JWKS_PATH}",
+            "jwks_uri": f"{base}{JWKS_PATH}",
             "grant_types_supported": ["client_credentials", "refresh_token"],
             "token_endpoint_auth_methods_supported": [
                 "client_secret_basic",
@@ -149,6 +159,8 @@ class HttpSide:
             "subject_types_supported": ["public"],
             "tls_client_certificate_bound_access_tokens": self._mtls,
         }
+        if self._oauth is not None:
+            document |= self._oauth.metadata(base)
         return _json(document, 200, {"Cache-Control": f"public, max-age={self._max_age}"})
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -25,6 +25,12 @@ def peer_address(peer: str) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
 
 
+def address_of_ip(ip: str) -> str:
+    """An HTTP peer's IP as peer_address spells a gRPC one ("ipv4:10.0.0.7", "ipv6:[::1]"), so that
+    the per-address limits count one caller the same through either door."""
+    return f"ipv6:[{ip}]" if ":" in ip else f"ipv4:{ip}"
+
+
 @dataclass(slots=True)
 class _Bucket:
     tokens: float

@@ -13,12 +13,13 @@ import grpc
 
 from rotor.api import convert
 from rotor.api.auth import CallerAuth, basic_credentials_or_none, bound_certificate
+from rotor.api.calls import TokenCalls
 from rotor.api.handlers import Context, service, streaming, unary
 from rotor.api.limits import RateLimiter, WatcherLimits
 from rotor.clock import Clock
 from rotor.core import audit, validation
 from rotor.core.audit import RefusalBudget, Suppressed
-from rotor.core.clients import ClientAdmin, check_address, peer_host
+from rotor.core.clients import ClientAdmin, peer_host
 from rotor.core.errors import (
     AdminRequired,
     ClientDisabled,
@@ -100,15 +101,11 @@ class TokenServicer:
         write_timeout: float = WRITE_TIMEOUT,
         refusals: RefusalBudget | None = None,
     ) -> None:
-        self._refusals = refusals
         self._auth, self._tokens, self._keys, self._store = auth, tokens, keys, store
         self._metrics = metrics
         self._watchers = watchers or WatcherRegistry()
         self._hub, self._encoder, self._clock, self._limits = hub, encoder, clock, limits
-        self._issue_rate, self._refresh_rate = rates or (
-            RateLimiter("Issue", 0, 0, clock),
-            RateLimiter("Refresh", 0, 0, clock),
-        )
+        self.calls = TokenCalls(tokens, keys, store, clock, rates, refusals)  # shared with the HTTP door
         self._keysets = KeySetCache(store, hub, encoder, clock)
         self._heartbeat = heartbeat_interval
         self.write_timeout = write_timeout  # read by @streaming
@@ -118,13 +115,10 @@ class TokenServicer:
         self, request: token_service_pb2.IssueRequest, context: Context
     ) -> token_service_pb2.TokenResponse:
         client = await self._auth.require(context)
-        await check_address(self._store, self._clock, client, context.peer(), "Issue", self._refusals)
-        self._issue_rate.take(client.client_id)
         ttl = convert.seconds_of(request.ttl, "ttl") if request.HasField("ttl") else None
-        if not self._keys.keyring.has_active(client.tenant):
-            await self._keys.ensure_signing(client.tenant)  # a tenant created a moment ago
-        issued = await self._tokens.issue(
+        issued = await self.calls.issue(
             client,
+            context.peer(),
             audiences=tuple(request.audience),
             scopes=tuple(request.scope),
             ttl=ttl,
@@ -138,12 +132,9 @@ class TokenServicer:
         self, request: token_service_pb2.RefreshRequest, context: Context
     ) -> token_service_pb2.TokenResponse:
         client = await self._auth.require(context)
-        await check_address(self._store, self._clock, client, context.peer(), "Refresh", self._refusals)
-        self._refresh_rate.take(client.client_id)
-        if not self._keys.keyring.has_active(client.tenant):
-            await self._keys.ensure_signing(client.tenant)
-        issued = await self._tokens.refresh(
+        issued = await self.calls.refresh(
             client,
+            context.peer(),
             refresh_token=request.refresh_token,
             scopes=tuple(request.scope),
             bound_to=bound_certificate(context),
@@ -155,9 +146,16 @@ class TokenServicer:
         self, request: token_service_pb2.RevokeRequest, context: Context
     ) -> token_service_pb2.RevokeResponse:
         client = await self._auth.require(context)
-        await check_address(self._store, self._clock, client, context.peer(), "Revoke", self._refusals)
-        revoked = await self._tokens.revoke(client, token=request.token, reason=request.reason)
+        revoked = await self.calls.revoke(client, context.peer(), token=request.token, reason=request.reason)
         return token_service_pb2.RevokeResponse(revoked=revoked)
+
+    @unary
+    async def introspect(
+        self, request: token_service_pb2.IntrospectRequest, context: Context
+    ) -> token_service_pb2.IntrospectResponse:
+        client = await self._auth.require(context)
+        found = await self.calls.introspect(client, context.peer(), token=request.token)
+        return convert.introspection(found)
 
     @unary
     async def get_key_set(self, request: token_service_pb2.GetKeySetRequest, context: Context) -> bytes:
@@ -231,6 +229,7 @@ class TokenServicer:
                 "Refresh": (self.refresh, token_service_pb2.RefreshRequest),
                 "Revoke": (self.revoke, token_service_pb2.RevokeRequest),
                 "GetKeySet": (self.get_key_set, token_service_pb2.GetKeySetRequest),
+                "Introspect": (self.introspect, token_service_pb2.IntrospectRequest),
             },
             {"WatchKeyRotations": (self.watch_key_rotations, token_service_pb2.WatchKeyRotationsRequest)},
             self._metrics,

@@ -72,6 +72,25 @@ class IssuedTokens:
     key_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Introspection:
+    """What RFC 7662 tells about an active token (an inactive one is None)."""
+
+    token_type: str  # "Bearer" (an access token) or "refresh_token"
+    client_id: str
+    subject: str
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    expires_at: float
+    issued_at: float
+    not_before: float | None
+    jti: str  # "" for a refresh token
+    kid: str  # "" for a refresh token
+    issuer: str
+    tenant: str
+    bound_to: str = ""  # the cnf x5t#S256 of a certificate-bound access token
+
+
 def refresh_token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -427,6 +446,103 @@ class TokenService:
                 audit.details(client_id=family.client_id, reason=reason),
             )
         return True
+
+    # -- Introspect (RFC 7662) -----------------------------------------------------
+
+    async def introspect(self, client: Client, *, token: str) -> Introspection | None:
+        """What `token` is, when it is active and the caller may know: an access token of the
+        caller's tenant (any client of a tenant may check one presented to it), or a refresh token
+        of the caller's (or, for an admin, of its tenant). None for anything else: unknown,
+        expired, revoked, signed by a revoked key, of another tenant."""
+        validation.token(token, "token")
+        if token.count(".") == 2:
+            return await self._introspect_access_token(client, token)
+        return await self._introspect_refresh_token(client, token)
+
+    async def _introspect_access_token(self, client: Client, token: str) -> Introspection | None:
+        try:
+            header, claims = decode_unverified(token)
+        except (ValueError, UnicodeError):
+            return None
+        kid, jti = header.get("kid"), claims.get("jti")
+        exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+        nbf = _number(claims.get("nbf", claims.get("iat")))
+        if not isinstance(kid, str) or not isinstance(jti, str) or exp is None or iat is None or nbf is None:
+            return None
+        key = self._keyring.find(kid) or await self._store.get_key(kid)
+        if (
+            key is None
+            or key.tenant != client.tenant
+            or key.state in (KeyState.REVOKED, KeyState.EXPIRED)
+            or header.get("alg") != key.alg
+            or claims.get("iss") != self.policy.issuer
+            or not verify_signature(token, key.public_jwk, key.alg)
+        ):
+            return None
+        now = self._clock.now()
+        if now >= exp or nbf > now + self.policy.clock_skew:
+            return None
+        if await self._store.get_revoked_token(jti) is not None:
+            return None
+        owner = str(claims.get("client_id", ""))
+        cut_off = await self._store.get_client_revocation(owner)
+        if cut_off is not None and cut_off.tenant == key.tenant and iat < cut_off.not_before:
+            return None  # RevokeClientTokens covered it
+        aud = claims.get("aud")
+        audiences = (aud,) if isinstance(aud, str) else tuple(a for a in aud or () if isinstance(a, str))
+        scope = claims.get("scope")
+        cnf = claims.get("cnf")
+        bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+        return Introspection(
+            token_type="Bearer",
+            client_id=owner,
+            subject=str(claims.get("sub", "")),
+            scopes=tuple(scope.split()) if isinstance(scope, str) else (),
+            audiences=audiences,
+            expires_at=exp,
+            issued_at=iat,
+            not_before=nbf,
+            jti=jti,
+            kid=kid,
+            issuer=self.policy.issuer,
+            tenant=key.tenant,
+            bound_to=bound if isinstance(bound, str) else "",
+        )
+
+    async def _introspect_refresh_token(self, client: Client, token: str) -> Introspection | None:
+        row = await self._store.get_refresh_token(refresh_token_hash(token))
+        family = await self._store.get_family(row.family_id) if row is not None else None
+        if row is None or family is None or family.tenant != client.tenant:
+            return None
+        if family.client_id != client.client_id and not client.admin:
+            return None  # a refresh token is its client's secret
+        now = self._clock.now()
+        if family.revoked_at is not None or row.used_at is not None:
+            return None
+        expires_at = min(row.expires_at, family.expires_at)
+        if now >= expires_at:
+            return None
+        return Introspection(
+            token_type="refresh_token",
+            client_id=family.client_id,
+            subject=family.subject,
+            scopes=family.scopes,
+            audiences=family.audiences,
+            expires_at=expires_at,
+            issued_at=row.issued_at,
+            not_before=None,
+            jti="",
+            kid="",
+            issuer=self.policy.issuer,
+            tenant=family.tenant,
+        )
+
+
+def _number(value: object) -> float | None:
+    """A JSON number claim as a float; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _may_revoke(client: Client, owner: str, tenant: str) -> bool:

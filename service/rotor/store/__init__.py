@@ -212,6 +212,11 @@ class Store(Protocol):
 
     async def get_revoked_token(self, jti: str) -> RevokedToken | None: ...
 
+    async def get_client_revocation(self, client_id: str) -> ClientRevocation | None:
+        """The client's RevokeClientTokens cut-off, while it is kept (every token of the client
+        issued before `not_before` is revoked); None when there is none."""
+        ...
+
     async def snapshot(self, tenant: str, now: float) -> Snapshot:
         """Live keys, unexpired revocations and the newest event sequence, read together."""
         ...

@@ -67,6 +67,10 @@ class SharedReads:
         row = await self._one(_sql.GET_REVOKED_TOKEN, (jti,))
         return rows.revoked(row) if row else None
 
+    async def get_client_revocation(self, client_id: str) -> ClientRevocation | None:
+        row = await self._one(_sql.GET_CLIENT_REVOCATION, (client_id,))
+        return rows.client_revocation(row) if row else None
+
     async def get_operation(self, operation_id: str) -> Operation | None:
         row = await self._one(_sql.GET_OPERATION, (operation_id,))
         return rows.operation(row) if row else None

@@ -74,6 +74,7 @@ UPSERT_CLIENT_REVOCATION = (
     + " ON CONFLICT (client_id) DO UPDATE SET tenant = excluded.tenant, not_before = excluded.not_before,"
     " expires_at = excluded.expires_at"
 )
+GET_CLIENT_REVOCATION = f"SELECT {CLIENT_REVOCATION_COLUMNS} FROM client_revocations WHERE client_id = $1"
 LIVE_CLIENT_REVOCATIONS = (
     f"SELECT {CLIENT_REVOCATION_COLUMNS} FROM client_revocations WHERE tenant = $1 AND expires_at > $2 "
     "ORDER BY client_id"

@@ -37,6 +37,7 @@ import asyncpg
 from rotor.core.model import (
     AuditEntry,
     Client,
+    ClientRevocation,
     KeyState,
     RefreshFamily,
     RefreshToken,
@@ -375,6 +376,9 @@ class PostgresStore(SharedStore):
 
     async def get_revoked_token(self, jti: str) -> RevokedToken | None:
         return await self._pooled().get_revoked_token(jti)
+
+    async def get_client_revocation(self, client_id: str) -> ClientRevocation | None:
+        return await self._pooled().get_client_revocation(client_id)
 
     async def snapshot(self, tenant: str, now: float) -> Snapshot:
         with _driver_errors():

@@ -31,6 +31,7 @@ import aiosqlite
 from rotor.core.model import (
     AuditEntry,
     Client,
+    ClientRevocation,
     KeyState,
     RefreshFamily,
     RefreshToken,
@@ -356,6 +357,10 @@ class SqliteStore(SharedStore):
 
     async def get_revoked_token(self, jti: str) -> RevokedToken | None:
         result: RevokedToken | None = await self._read(self._reads.get_revoked_token, jti)
+        return result
+
+    async def get_client_revocation(self, client_id: str) -> ClientRevocation | None:
+        result: ClientRevocation | None = await self._read(self._reads.get_client_revocation, client_id)
         return result
 
     async def snapshot(self, tenant: str, now: float) -> Snapshot:

@@ -49,6 +49,8 @@ class TokenServiceStub:
     """WatchKeyRotations streams a snapshot, then every key change and token
     revocation as it happens. No credentials needed.
     """
+    Introspect: _grpc.UnaryUnaryMultiCallable[_token_service_pb2.IntrospectRequest, _token_service_pb2.IntrospectResponse]
+    """Introspect tells whether a token is active, and what it grants (RFC 7662 semantics)."""
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -70,6 +72,8 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """WatchKeyRotations streams a snapshot, then every key change and token
     revocation as it happens. No credentials needed.
     """
+    Introspect: _aio.UnaryUnaryMultiCallable[_token_service_pb2.IntrospectRequest, _token_service_pb2.IntrospectResponse]  # type: ignore[assignment]
+    """Introspect tells whether a token is active, and what it grants (RFC 7662 semantics)."""
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     """TokenService issues, refreshes and revokes tokens, and publishes the keys
@@ -118,5 +122,13 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         """WatchKeyRotations streams a snapshot, then every key change and token
         revocation as it happens. No credentials needed.
         """
+
+    @_abc_1.abstractmethod
+    def Introspect(
+        self,
+        request: _token_service_pb2.IntrospectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_service_pb2.IntrospectResponse, _abc.Awaitable[_token_service_pb2.IntrospectResponse]]:
+        """Introspect tells whether a token is active, and what it grants (RFC 7662 semantics)."""
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

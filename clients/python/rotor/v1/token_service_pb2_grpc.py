@@ -63,6 +63,11 @@ class TokenServiceStub:
                 request_serializer=rotor_dot_v1_dot_token__service__pb2.WatchKeyRotationsRequest.SerializeToString,
                 response_deserializer=rotor_dot_v1_dot_keys__pb2.KeyEvent.FromString,
                 _registered_method=True)
+        self.Introspect = channel.unary_unary(
+                '/rotor.v1.TokenService/Introspect',
+                request_serializer=rotor_dot_v1_dot_token__service__pb2.IntrospectRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_token__service__pb2.IntrospectResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -107,6 +112,13 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Introspect(self, request, context):
+        """Introspect tells whether a token is active, and what it grants (RFC 7662 semantics).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +146,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.WatchKeyRotations,
                     request_deserializer=rotor_dot_v1_dot_token__service__pb2.WatchKeyRotationsRequest.FromString,
                     response_serializer=rotor_dot_v1_dot_keys__pb2.KeyEvent.SerializeToString,
+            ),
+            'Introspect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Introspect,
+                    request_deserializer=rotor_dot_v1_dot_token__service__pb2.IntrospectRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_token__service__pb2.IntrospectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +291,33 @@ class TokenService:
             '/rotor.v1.TokenService/WatchKeyRotations',
             rotor_dot_v1_dot_token__service__pb2.WatchKeyRotationsRequest.SerializeToString,
             rotor_dot_v1_dot_keys__pb2.KeyEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Introspect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.TokenService/Introspect',
+            rotor_dot_v1_dot_token__service__pb2.IntrospectRequest.SerializeToString,
+            rotor_dot_v1_dot_token__service__pb2.IntrospectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -251,3 +251,94 @@ class WatchKeyRotationsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchKeyRotationsRequest: _TypeAlias = WatchKeyRotationsRequest  # noqa: Y015
+
+@_typing.final
+class IntrospectRequest(_message.Message):
+    """IntrospectRequest asks what a token is (RFC 7662)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """An access token, or one of the calling client's refresh tokens."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntrospectRequest: _TypeAlias = IntrospectRequest  # noqa: Y015
+
+@_typing.final
+class IntrospectResponse(_message.Message):
+    """IntrospectResponse describes an active token. A token that is unknown,
+    expired, revoked, signed by a revoked key, or of another tenant than the
+    caller's is `active: false` with every other field unset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SUB_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    JTI_FIELD_NUMBER: _builtins.int
+    KID_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
+    active: _builtins.bool
+    """Whether the token is active."""
+    client_id: _builtins.str
+    """The client the token was issued to."""
+    sub: _builtins.str
+    """The token's subject."""
+    jti: _builtins.str
+    """The access token's unique id; empty for a refresh token."""
+    kid: _builtins.str
+    """The key that signed the access token; empty for a refresh token."""
+    issuer: _builtins.str
+    """The issuer (`iss`)."""
+    @_builtins.property
+    def scope(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The token's scopes."""
+
+    @_builtins.property
+    def audience(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The token's audiences."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the token expires."""
+
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the token was issued."""
+
+    def __init__(
+        self,
+        *,
+        active: _builtins.bool = ...,
+        client_id: _builtins.str = ...,
+        sub: _builtins.str = ...,
+        scope: _abc.Iterable[_builtins.str] | None = ...,
+        audience: _abc.Iterable[_builtins.str] | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+        jti: _builtins.str = ...,
+        kid: _builtins.str = ...,
+        issuer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "audience", b"audience", "client_id", b"client_id", "expires_at", b"expires_at", "issued_at", b"issued_at", "issuer", b"issuer", "jti", b"jti", "kid", b"kid", "scope", b"scope", "sub", b"sub"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntrospectResponse: _TypeAlias = IntrospectResponse  # noqa: Y015
