@@ -209,9 +209,9 @@ async def test_a_watcher_silent_for_three_intervals_is_gone(make_rotor: MakeRoto
 
 
 async def metrics(rotor: Rotor) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{rotor.server.http_port}/metrics") as response:
-            text = await response.text()
+    url = f"http://127.0.0.1:{rotor.server.http_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
