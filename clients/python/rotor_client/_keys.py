@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -83,6 +84,7 @@ class KeyCache:
         self.on_unknown_kid: Callable[[str], str] = lambda kid: ""
         # the outcome counts of the verifiers reading this cache, for the watcher's reports
         self.verifier_stats: weakref.WeakSet[VerificationStats] = weakref.WeakSet()
+        self.verifier_stats_lock = threading.Lock()  # verifiers may be made on any thread
 
     # -- written by the source ----------------------------------------------------------
 

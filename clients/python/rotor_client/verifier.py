@@ -216,7 +216,8 @@ class Verifier:
         self._clock = clock
         self._headers: dict[str, tuple[str, str]] = {}  # encoded header -> (kid, alg), checked
         self._stats = VerificationStats()
-        self._cache.verifier_stats.add(self._stats)  # a named watcher reports them to Rotor
+        with self._cache.verifier_stats_lock:
+            self._cache.verifier_stats.add(self._stats)  # a named watcher reports them to Rotor
 
     @classmethod
     def from_jwks(

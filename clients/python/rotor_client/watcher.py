@@ -359,7 +359,9 @@ class KeySetWatcher:
 
         Counts that do not go through are sent with the next report."""
         assert self._stub is not None
-        taken = merged([self._unsent, *(s.take() for s in list(self.key_cache.verifier_stats))])
+        with self.key_cache.verifier_stats_lock:
+            verifiers = list(self.key_cache.verifier_stats)
+        taken = merged([self._unsent, *(s.take() for s in verifiers)])
         entries = sorted(taken.items(), key=lambda item: -item[1])
         sent, self._unsent = dict(entries[:MAX_REPORT_COUNTS]), dict(entries[MAX_REPORT_COUNTS:])
         request = token_service_pb2.ReportVerificationsRequest(

@@ -61,6 +61,7 @@ BUCKET = 60.0  # counts are kept per minute
 FORGET_AFTER = 86400.0  # a watcher gone this long leaves the store, totals and all
 MAX_KIDS = 64  # kids in one report
 MAX_COUNTS = 256  # count entries in one report
+MAX_SHOWN = 100  # (outcome, kid) counts shown per watcher, the largest first
 MAX_COUNT = 10**12  # one entry's count: more than any verifier does between two reports
 MAX_SEQUENCE = 2**63 - 1
 TICK = (0.05, 1.0)  # the writer's wake-up period: a quarter report interval, within these bounds
@@ -412,12 +413,18 @@ class Fleet:
 
     async def _run(self) -> None:
         tick = min(max(self.report_interval / 4, TICK[0]), TICK[1])
+        failing = False
         while True:
             try:
                 await self.sync()
-            except Exception:
+                if failing:
+                    log.info("the fleet view is written and read again")
+                failing = False
+            except Exception as e:
                 self.failed_writes += 1
-                log.warning("could not write or read the fleet view; retrying", exc_info=True)
+                if not failing:  # once per outage: the store's own errors say the rest
+                    log.warning("could not write or read the fleet view (%s); retrying every %.1f s", e, tick)
+                failing = True
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(tick):
