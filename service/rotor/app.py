@@ -138,7 +138,10 @@ class RotorServer:
             self.store,
             self.clock,
             self.watchers,
-            replica=config.cluster.replica,
+            # workers sharing a port each hold streams of their own: each is a replica of its own
+            replica=f"{config.cluster.replica}:{os.getpid()}"
+            if config.cluster.replica and self._reuse_port
+            else config.cluster.replica,
             report_interval=config.limits.report_interval,
             max_names=config.limits.max_watchers,
         )
