@@ -304,3 +304,15 @@ async def test_a_watcher_reporting_to_one_replica_holds_keys_for_the_other(two_r
     await fleet_b.sync()
     assert await fleet_b.watchers("") == [] and fleet_b.unacknowledged("", "k3") == []
     assert [(w.name, present) for w, present in fleet_b.known()] == [("poller", False)]
+
+
+async def test_at_most_a_hundred_counts_are_shown_per_watcher_the_largest_first(two_replicas: Any) -> None:
+    from rotor.core.fleet import check_report
+
+    _, _, (fleet_a, _) = two_replicas
+    counts = [("UNKNOWN_KEY", f"forged-{i}", 1) for i in range(255)] + [("OK", "k1", 1000)]
+    fleet_a.report(check_report("", "flooded", 0, ["k1"], counts))
+    await fleet_a.sync()
+    (seen,) = await fleet_a.watchers("")
+    assert len(seen.verifications) == 100
+    assert (seen.verifications[0].outcome, seen.verifications[0].count) == ("OK", 1000)

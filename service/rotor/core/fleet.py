@@ -243,7 +243,13 @@ class Fleet:
         counts over the last WINDOW seconds. What GetRotationStatus and the status page serve."""
         now = self._clock.now()
         rows = await self._store.fleet_watchers(now - GONE_AFTER * self.report_interval, now - WINDOW, tenant)
-        return self._overlay(tenant, rows, now)
+        shown = [
+            replace(row, verifications=tuple(sorted(row.verifications, key=lambda c: -c.count)[:MAX_SHOWN]))
+            if len(row.verifications) > MAX_SHOWN
+            else row
+            for row in rows
+        ]
+        return self._overlay(tenant, shown, now)
 
     def unacknowledged(self, tenant: str, kid: str) -> list[str]:
         """Names of the tenant's present named watchers (any replica) that do not hold key `kid`:
