@@ -59,7 +59,7 @@ export function loadTokenService(protoDir = PROTO_DIR) {
 }
 
 /** The google.rpc.RetryInfo delay (seconds) Rotor attached to an error, if any. */
-function retryAfter(err) {
+export function retryAfter(err) {
   const raw = err?.metadata?.get?.('grpc-status-details-bin')?.[0];
   if (!raw) return null;
   // google.rpc.Status{details: [Any{type_url, value}]}: RetryInfo{retry_delay: Duration{seconds, nanos}}.
