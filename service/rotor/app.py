@@ -29,6 +29,7 @@ from rotor.core.audit import RefusalBudget
 from rotor.core.clients import Authenticator, ClientDirectory
 from rotor.core.crypto import AesGcmSealer, load_kek
 from rotor.core.events import EventHub
+from rotor.core.fleet import Fleet
 from rotor.core.keys import KeyManager, KeyRing
 from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import DEFAULT_TENANT, Event
@@ -135,6 +136,18 @@ class RotorServer:
         policy = key_policy(config)
         self.keyring = KeyRing(self.store, sealer)
         self.watchers = WatcherRegistry()
+        # every replica's named watchers, through the store (GetRotationStatus, the ack gate, metrics)
+        self.fleet = Fleet(
+            self.store,
+            self.clock,
+            self.watchers,
+            # workers sharing a port each hold streams of their own: each is a replica of its own
+            replica=f"{config.cluster.replica}:{os.getpid()}"
+            if config.cluster.replica and self._reuse_port
+            else config.cluster.replica,
+            report_interval=config.limits.report_interval,
+            max_names=config.limits.max_watchers,
+        )
         self.keys = KeyManager(
             self.store,
             sealer,
@@ -146,7 +159,7 @@ class RotorServer:
             require_approval=config.keys.require_approval,
             tenants=sorted({"", *config.tenants, *await self.store.list_tenants()}),
             tenant_algorithms={name: t.algorithm for name, t in config.tenants.items() if t.algorithm},
-            ack_gate=self.watchers.unacknowledged if config.keys.activation_requires_ack else None,
+            ack_gate=self.fleet.unacknowledged if config.keys.activation_requires_ack else None,
             max_ack_wait=config.keys.max_ack_wait,
         )
         self.tokens = TokenService(
@@ -182,6 +195,7 @@ class RotorServer:
         self.metrics.watch_keys(
             lambda: self.keys.tenants, self.keyring.live, self.keyring.has_active, policy, self.clock.now
         )
+        self.metrics.watch_fleet(self.fleet.known, self.fleet.totals, self.keyring.live, self.fleet.latest)
         self.health = health_aio.HealthServicer()
         await self._set_health()
         # The hub first: from here on, a key change by any process reaches the key ring.
@@ -189,6 +203,9 @@ class RotorServer:
         self._running.push_async_callback(self.hub.close)
         for tenant in self.keys.tenants:
             await self.keyring.refresh(tenant)
+        await self.fleet.sync()  # the ack gate sees every replica's watchers from the first tick
+        self.fleet.start()
+        self._running.push_async_callback(self.fleet.stop)
         await self.rotator.tick()  # the first key on a new store, and anything due while we were down
         self.rotator.start()
         self._running.push_async_callback(self.rotator.stop)
@@ -208,7 +225,15 @@ class RotorServer:
             RateLimiter("Refresh", limits.refresh_rate, limits.refresh_burst, self.clock),
         )
         self.key_admin = key_admin = KeyAdminServicer(
-            auth, self.keys, self.tokens, self.store, self.watchers, self.clock, self.metrics, refusals
+            auth,
+            self.keys,
+            self.tokens,
+            self.store,
+            self.watchers,
+            self.clock,
+            self.metrics,
+            refusals=refusals,
+            fleet=self.fleet,
         )
         token_servicer = TokenServicer(
             auth,
@@ -224,7 +249,8 @@ class RotorServer:
             self.metrics,
             self.watchers,
             limits.write_timeout,
-            refusals,
+            refusals=refusals,
+            fleet=self.fleet,
         )
         self.server.add_generic_rpc_handlers((token_servicer.handler(), key_admin.handler()))
         flusher = asyncio.create_task(self._flush_refusals(key_admin), name="rotor-refusal-summaries")

@@ -107,9 +107,11 @@ class Stack:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def start_node(node: str, rotor: RotorProcess, log_path: pathlib.Path) -> tuple[subprocess.Popen[str], str]:
+def start_node(
+    node: str, rotor: RotorProcess, log_path: pathlib.Path, **extra_env: str
+) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROTOR")}
-    env.update(ROTOR=rotor.address, ROTOR_ISSUER=ISSUER, AUDIENCE=AUDIENCE, PORT="0", TENANT="")
+    env.update(ROTOR=rotor.address, ROTOR_ISSUER=ISSUER, AUDIENCE=AUDIENCE, PORT="0", TENANT="", **extra_env)
     with open(log_path, "ab") as stderr:
         proc = subprocess.Popen(
             [node, "server.mjs"], cwd=NODE_DIR, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
@@ -238,3 +240,22 @@ def test_a_clients_tokens_revoked_at_rotor_are_refused(stack: Stack) -> None:
     )
     stack.until(token, 401, "TOKEN_REVOKED")
     assert stack.get(stack.issue().access_token)[0] == 200  # another client's tokens still pass
+
+
+def test_the_watcher_reads_rotors_retry_info(node: str) -> None:
+    """A refused report waits as long as Rotor's google.rpc.RetryInfo says (the watcher decodes it)."""
+    import grpc
+    from rotor.api.errors import rich_status
+
+    details = rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", "RATE_LIMITED", retry_after=2.5)
+    script = (
+        "import { retryAfter } from './keyset-watcher.mjs';"
+        f"const raw = Buffer.from('{details.hex()}', 'hex');"
+        "const err = { metadata: { get: (key) => (key === 'grpc-status-details-bin' ? [raw] : []) } };"
+        "console.log(JSON.stringify([retryAfter(err), retryAfter({ metadata: { get: () => [] } })]));"
+    )
+    done = subprocess.run(
+        [node, "--input-type=module", "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [2.5, None]

@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from rotor.v1 import keys_pb2
+
+from rotor_client._stats import VerificationStats
 
 log = logging.getLogger("rotor_client")
 
@@ -78,6 +82,9 @@ class KeyCache:
         self.last_contact: float | None = None  # wall clock, for people
         self._since_prune = 0
         self.on_unknown_kid: Callable[[str], str] = lambda kid: ""
+        # the outcome counts of the verifiers reading this cache, for the watcher's reports
+        self.verifier_stats: weakref.WeakSet[VerificationStats] = weakref.WeakSet()
+        self.verifier_stats_lock = threading.Lock()  # verifiers may be made on any thread
 
     # -- written by the source ----------------------------------------------------------
 

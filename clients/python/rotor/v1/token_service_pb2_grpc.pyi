@@ -51,6 +51,10 @@ class TokenServiceStub:
     """
     Introspect: _grpc.UnaryUnaryMultiCallable[_token_service_pb2.IntrospectRequest, _token_service_pb2.IntrospectResponse]
     """Introspect tells whether a token is active, and what it grants (RFC 7662 semantics)."""
+    ReportVerifications: _grpc.UnaryUnaryMultiCallable[_token_service_pb2.ReportVerificationsRequest, _token_service_pb2.ReportVerificationsResponse]
+    """ReportVerifications tells Rotor what a named watcher holds and how its
+    verifiers' verifications went since its previous report. No credentials needed.
+    """
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -74,6 +78,10 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """
     Introspect: _aio.UnaryUnaryMultiCallable[_token_service_pb2.IntrospectRequest, _token_service_pb2.IntrospectResponse]  # type: ignore[assignment]
     """Introspect tells whether a token is active, and what it grants (RFC 7662 semantics)."""
+    ReportVerifications: _aio.UnaryUnaryMultiCallable[_token_service_pb2.ReportVerificationsRequest, _token_service_pb2.ReportVerificationsResponse]  # type: ignore[assignment]
+    """ReportVerifications tells Rotor what a named watcher holds and how its
+    verifiers' verifications went since its previous report. No credentials needed.
+    """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     """TokenService issues, refreshes and revokes tokens, and publishes the keys
@@ -130,5 +138,15 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_token_service_pb2.IntrospectResponse, _abc.Awaitable[_token_service_pb2.IntrospectResponse]]:
         """Introspect tells whether a token is active, and what it grants (RFC 7662 semantics)."""
+
+    @_abc_1.abstractmethod
+    def ReportVerifications(
+        self,
+        request: _token_service_pb2.ReportVerificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_service_pb2.ReportVerificationsResponse, _abc.Awaitable[_token_service_pb2.ReportVerificationsResponse]]:
+        """ReportVerifications tells Rotor what a named watcher holds and how its
+        verifiers' verifications went since its previous report. No credentials needed.
+        """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
