@@ -22,6 +22,7 @@ from rotor.api.convert import KeySetEncoder
 from rotor.api.http import HttpSide, KeySetSource
 from rotor.api.limits import AuthBackoff, RateLimiter, WatcherLimits
 from rotor.api.servicers import HEARTBEAT_INTERVAL, KeyAdminServicer, KeySetCache, TokenServicer
+from rotor.api.status_page import StatusPages
 from rotor.clock import Clock, SystemClock
 from rotor.config import Config
 from rotor.core.clients import Authenticator, ClientDirectory
@@ -32,6 +33,7 @@ from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import DEFAULT_TENANT, Event
 from rotor.core.propagation import WatcherRegistry
 from rotor.core.rotation import Rotator
+from rotor.core.status import StatusView, WatcherSighting
 from rotor.core.tokens import TokenPolicy, TokenService
 from rotor.metrics import Metrics
 from rotor.store import open_store
@@ -251,11 +253,27 @@ class RotorServer:
                 ready=self.ready,
                 mtls=tls is not None and tls.client_ca is not None,
                 reuse_port=self._reuse_port,  # every worker serves it: each its own /metrics
+                status=StatusPages(
+                    StatusView(self.keys, self.store, self._fleet, self.clock),
+                    access=config.status_access,
+                    keys=self.keys,
+                    hub=self.hub,
+                    auth=auth,
+                    store=self.store,
+                    clock=self.clock,
+                ),
             )
             ssl_context = tls.ssl_context(config.tls) if tls is not None else None
             self.http_port = await self.http.start(config.http_listen, ssl_context)
             self._running.push_async_callback(self.http.stop)
         await self._set_health()
+
+    async def _fleet(self, tenant: str) -> list[WatcherSighting]:
+        """The tenant's named watchers, as GetRotationStatus lists them."""
+        return [
+            WatcherSighting(w.name, "", w.connected_at, w.sent_sequence, w.known_kids)
+            for w in self.watchers.named(tenant)
+        ]
 
     def ready(self) -> bool:
         """Whether this server can do its job: not stopping, and every tenant has a key that signs."""

@@ -98,6 +98,16 @@ class CallerAuth:
         self._backoff.succeeded(client_id)
         return client
 
+    async def basic(self, header: str, address: str) -> Client:
+        """The client an HTTP `Authorization: Basic` header names (the HTTP side port), checked like a
+        gRPC call's: InvalidClient, ClientDisabled, or TooManyRequests while guesses are slowed."""
+        credentials = basic_credentials((("authorization", header),))
+        if credentials is None:
+            raise InvalidClient(f"this request needs client credentials; {_HOW}")
+        client = await self._basic(*credentials, address)
+        caller.set(client.client_id)
+        return client
+
     async def require(self, context: Context) -> Client:
         client = await self.optional(context)
         if client is not None:
