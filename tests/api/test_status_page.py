@@ -74,11 +74,13 @@ async def until(check: Any, within: float = 10.0) -> Any:
     last = None
     try:
         async with asyncio.timeout(within):
-            while not (last := await check()):
+            while True:
+                last = await check()
+                if last:
+                    return last
                 await asyncio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"never got there; last: {last}") from None
-    return last
 
 
 async def test_status_json_shows_the_key_timeline_the_watchers_and_the_newest_audit_events(
