@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 # Debian packages some tests need (each such test skips outside CI naming its package,
 # and fails in CI without it). One `SYSTEM_PACKAGES += NAME` line per package, with why.
 SYSTEM_PACKAGES :=
+SYSTEM_PACKAGES += chromium  # the status page test drives a real headless browser (DevTools protocol)
 
 ## system-packages: install the Debian packages the tests need (apt-get, as root; CI runs it)
 system-packages:
