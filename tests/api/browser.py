@@ -56,12 +56,13 @@ class Browser:
         self._session_id = ""
         self._credentials: tuple[str, str] | None = None
         self.auth_challenges = 0
+        self._replies: set[asyncio.Task[None]] = set()  # answers to paused requests, under way
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def start(cls, profile: pathlib.Path) -> Browser:
         binary = chromium_or_skip()
-        profile.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(profile.mkdir, parents=True, exist_ok=True)
         process = await asyncio.create_subprocess_exec(
             binary,
             *FLAGS,
@@ -129,9 +130,12 @@ class Browser:
                     user, password = self._credentials
                     answer = {"response": "ProvideCredentials", "username": user, "password": password}
                 request_id = message["params"]["requestId"]
-                asyncio.create_task(
-                    self._quiet("Fetch.continueWithAuth", requestId=request_id, authChallengeResponse=answer)
-                )
+                self._reply("Fetch.continueWithAuth", requestId=request_id, authChallengeResponse=answer)
+
+    def _reply(self, method: str, **params: Any) -> None:
+        task = asyncio.create_task(self._quiet(method, **params))
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
 
     async def _quiet(self, method: str, **params: Any) -> None:
         with contextlib.suppress(AssertionError, asyncio.TimeoutError, ConnectionError):
@@ -174,7 +178,7 @@ class Browser:
             captureBeyondViewport=True,
             clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
         )
-        path.write_bytes(base64.b64decode(shot["data"]))
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
