@@ -120,9 +120,7 @@ class Browser:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(message)
             elif message.get("method") == "Fetch.requestPaused":
-                asyncio.create_task(
-                    self._quiet("Fetch.continueRequest", requestId=message["params"]["requestId"])
-                )
+                self._reply("Fetch.continueRequest", requestId=message["params"]["requestId"])
             elif message.get("method") == "Fetch.authRequired":
                 self.auth_challenges += 1
                 answer: dict[str, Any] = {"response": "CancelAuth"}
