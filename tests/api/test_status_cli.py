@@ -51,7 +51,9 @@ async def watchers(rotor: Rotor, *names: str) -> AsyncIterator[list[KeySetWatche
     started = [await KeySetWatcher(rotor.address, name=name).start() for name in names]
     try:
         async with asyncio.timeout(10):
-            while not all(w.keyset is not None for w in started):
+            while True:
+                if all(w.keyset is not None for w in started):
+                    break
                 await asyncio.sleep(0.02)
         yield started
     finally:
