@@ -50,23 +50,30 @@ def js(value: str) -> str:
 async def test_the_page_draws_keys_and_watchers_and_follows_a_rotation_without_a_reload(
     make_rotor: MakeRotor, browser: Browser
 ) -> None:
-    rotor = await make_rotor(http_listen="127.0.0.1:0")
+    rotor = await make_rotor(http_listen="127.0.0.1:0", keys={"publish_lead": 600, "max_cache_age": 300})
     ops = await rotor.add_client("ops", admin=True)
-    watcher = await named_watcher(rotor, "billing")
+    first = (
+        await rotor.admin.ListKeys(rotor_client.ListKeysRequest(), metadata=ops.metadata, timeout=10)
+    ).keys
+    replaced = await rotor.admin.RotateKeys(  # the first key retires: three states to draw in the end
+        rotor_client.RotateKeysRequest(reason="compromise drill", immediate=True),
+        metadata=ops.metadata,
+        timeout=30,
+    )
+    active = replaced.key.kid
+    watchers = [await named_watcher(rotor, name) for name in ("billing", "orders", "search")]
     url = f"http://127.0.0.1:{rotor.server.http_port}/status"
 
     await browser.goto(url, credentials=(ops.client_id, ops.secret))
     assert browser.auth_challenges >= 1, "the page did not ask for credentials"
-    listed = await rotor.admin.ListKeys(rotor_client.ListKeysRequest(), metadata=ops.metadata, timeout=10)
-    (active,) = [k.kid for k in listed.keys]
 
     # the timeline: one row per key, with its short kid, and the marks for now and the next rotation
     rows = await browser.until(
         "Array.from(document.querySelectorAll('#timeline .key-row'))"
         ".map(r => [r.dataset.kid, r.dataset.state, r.textContent])"
     )
-    assert [(kid, state) for kid, state, _ in rows] == [(active, "active")]
-    assert active[:8] in rows[0][2]
+    assert [(kid, state) for kid, state, _ in rows] == [(first[0].kid, "retired"), (active, "active")]
+    assert active[:8] in rows[1][2]
     assert await browser.evaluate("!!document.querySelector('#timeline #now-mark line')")
     assert await browser.evaluate("!!document.querySelector('#timeline #next-mark line')")
     assert await browser.evaluate("document.querySelectorAll('#timeline .key-row rect.seg').length") >= 1
@@ -92,7 +99,8 @@ async def test_the_page_draws_keys_and_watchers_and_follows_a_rotation_without_a
     assert state == "pending"
     assert await browser.evaluate("window.notReloaded === true"), "the page was reloaded"
     assert await browser.evaluate("document.getElementById('pending-kid').textContent") == pending[:8]
-    await asyncio.wait_for(watcher.read(), 10)  # the watcher has KEY_PUBLISHED: the page says so
+    for watcher in watchers:  # each has KEY_PUBLISHED: the page says so
+        await asyncio.wait_for(watcher.read(), 10)
     assert "holds" in await browser.until(
         "(r => r && r.querySelector('.holds-pending').textContent.includes('holds')"
         " && r.querySelector('.holds-pending').textContent)"
@@ -103,7 +111,8 @@ async def test_the_page_draws_keys_and_watchers_and_follows_a_rotation_without_a
     shot = pathlib.Path(keep) if keep else pathlib.Path(rotor.config.data_dir) / "status.png"
     await browser.screenshot(shot)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    watcher.cancel()
+    for watcher in watchers:
+        watcher.cancel()
 
 
 async def test_public_access_shows_the_page_with_no_prompt_and_no_audit(

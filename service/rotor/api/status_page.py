@@ -109,8 +109,8 @@ class StatusPages:
         tenant, _ = await self._viewer(request)
         if self._streams >= MAX_STREAMS:
             raise _error(
-                503,
-                "TOO_MANY_STREAMS",
+                429,
+                "TOO_MANY_REQUESTS",
                 f"this server holds {MAX_STREAMS} status event streams already; poll /status.json instead",
                 {"Retry-After": "30"},
             )
