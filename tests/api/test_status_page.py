@@ -222,3 +222,15 @@ async def test_the_event_stream_announces_a_key_change_at_once(rotor: Rotor, ops
         name, data = await next_event()
         assert name == "key"
         assert json.loads(data)["kid"] == pending.kid and json.loads(data)["type"] == "KEY_PUBLISHED"
+
+
+async def test_an_open_event_stream_ends_when_the_server_stops(rotor: Rotor, ops: Credentials) -> None:
+    """A browser following the page does not hold the server up: the stream ends, the stop completes."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(base(rotor) + "/status/events", headers=basic(ops)) as resp,
+    ):
+        assert (await asyncio.wait_for(resp.content.readline(), 10)).startswith(b"retry:")
+        await asyncio.wait_for(rotor.stop(), 30)
+        rest = await asyncio.wait_for(resp.content.read(), 10)  # EOF, not a hang
+        assert b"event: key" not in rest
