@@ -618,12 +618,14 @@ def cmd_drill(args: argparse.Namespace) -> int:
     import time
 
     from rotor.api import convert
-    from rotor.v1 import key_admin_pb2
+    from rotor.v1 import key_admin_pb2, keys_pb2
 
     timeout = _duration(args.timeout, "--timeout")
     with _AdminSession(args) as session:
         status = key_admin_pb2.GetRotationStatusRequest(tenant=args.tenant)
         before = session.call("GetRotationStatus", status)
+        listed = session.call("ListKeys", key_admin_pb2.ListKeysRequest(tenant=args.tenant))
+        was_pending = {k.kid for k in listed.keys if k.state == keys_pb2.KEY_STATE_PENDING}
         rotated = session.call(
             "RotateKeys", key_admin_pb2.RotateKeysRequest(tenant=args.tenant, reason="drill", immediate=False)
         )
@@ -658,6 +660,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
         "kid": key.kid,
         "timeout_seconds": timeout,
         "passed": not missing,
+        "already_pending": key.kid in was_pending,
         "watchers": [
             {
                 "name": name,
@@ -671,9 +674,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(
-            f"drill: rotated tenant {args.tenant or '(default)'} to {key.kid} (pending; signs in {_span(timeout)})"
-        )
+        tenant = args.tenant or "(default)"
+        if key.kid in was_pending:  # RotateKeys returns the pending key rather than publish another
+            print(f"drill: key {key.kid} was already pending in tenant {tenant}; following it")
+        else:
+            print(f"drill: rotated tenant {tenant} to {key.kid} (pending; signs in {_span(timeout)})")
         for entry in report["watchers"]:
             seconds = entry["seconds"]
             got = f"had it after {seconds:.1f}s" if seconds is not None else f"NOT within {_span(timeout)}"
