@@ -5,7 +5,8 @@ tracks, per connected named watcher, the newest event sequence sent to it
 and the kids of the key set it was last sent. With
 `[keys] activation_requires_ack`, a pending key activates only once every
 connected named watcher has been sent it (or max_ack_wait after it was due).
-The registry is this process's: with replicas, each knows its own watchers.
+The registry is this process's; rotor.core.fleet writes it to the store, where
+every replica reads every other's.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class WatcherRegistry:
         state.sent_sequence = max(state.sent_sequence, sequence)
         if kids is not None:
             state.known_kids = frozenset(kids)
+
+    def all(self) -> list[WatcherState]:
+        """Every connected named watcher, of every tenant."""
+        return list(self._watchers.values())
 
     def named(self, tenant: str) -> list[WatcherState]:
         """The tenant's connected named watchers, oldest connection first."""

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from rotor.core.fleet import FleetBatch, FleetWatcher
 from rotor.core.model import (
     AuditEntry,
     Client,
@@ -159,6 +160,15 @@ class Tx(Protocol):
         """Whether `holder` still holds lease `name`, unexpired at `now`, under this fencing token."""
         ...
 
+    # the fleet view
+    async def write_fleet(self, batch: FleetBatch) -> None:
+        """Write one replica's batch (rotor.core.fleet.FleetBatch): stream presence upserted (the
+        stream's replica wins), closed streams of `batch.replica` marked so, reports upserted
+        (moving the watcher to the reporting replica only while no stream holds it), counts added
+        to their minute and to the running totals; with `prune`, counts older than the window and
+        watchers gone for FORGET_AFTER (with their totals) deleted."""
+        ...
+
 
 class Store(Protocol):
     """A persistent store. Reads outside a transaction each see one consistent state."""
@@ -233,6 +243,22 @@ class Store(Protocol):
 
     async def pruned_through(self) -> int:
         """The highest sequence ever pruned from the log; events above it are all kept."""
+        ...
+
+    async def write_fleet(self, batch: FleetBatch) -> None:
+        """Tx.write_fleet in a transaction of its own."""
+        ...
+
+    async def fleet_watchers(
+        self, seen_since: float, counts_since: float | None, tenant: str | None
+    ) -> list[FleetWatcher]:
+        """Fleet watchers last seen at or after `seen_since`, of `tenant` (every tenant when None),
+        by tenant and name; for one tenant, each with the sum of its counts per (outcome, kid) in
+        minutes starting at or after `counts_since` (no counts when None). Read together."""
+        ...
+
+    async def fleet_totals(self) -> list[tuple[str, str, str, int]]:
+        """(tenant, watcher, outcome, count): every count ever reported, per watcher still stored."""
         ...
 
     async def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> int | None:

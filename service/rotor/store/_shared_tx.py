@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from rotor.core.audit import chain_hash
+from rotor.core.fleet import FORGET_AFTER, WINDOW, FleetBatch, FleetWatcher, VerificationCount
 from rotor.core.model import (
     LIVE_STATES,
     AuditEntry,
@@ -86,6 +87,25 @@ class SharedReads:
             tuple(rows.revoked(r) for r in revocations),
             tuple(rows.client_revocation(r) for r in clients),
         )
+
+    async def read_fleet(
+        self, seen_since: float, counts_since: float | None, tenant: str | None
+    ) -> list[FleetWatcher]:
+        """Fleet watchers seen since `seen_since` (of one tenant, or all), with their counts since
+        `counts_since` (one tenant's only; none when None); run inside one read transaction."""
+        if tenant is None:
+            return [rows.fleet_watcher(r) for r in await self._all(_sql.FLEET_WATCHERS, (seen_since,))]
+        found = await self._all(_sql.FLEET_WATCHERS_OF_TENANT, (seen_since, tenant))
+        counts: dict[str, list[VerificationCount]] = {}
+        if counts_since is not None and found:
+            for name, outcome, kid, total in await self._all(
+                _sql.FLEET_COUNTS_OF_TENANT, (counts_since, tenant)
+            ):
+                counts.setdefault(name, []).append(VerificationCount(outcome, kid, int(total)))
+        return [rows.fleet_watcher(r, tuple(counts.get(r[1], ()))) for r in found]
+
+    async def read_fleet_totals(self) -> list[tuple[str, str, str, int]]:
+        return [(r[0], r[1], r[2], int(r[3])) for r in await self._all(_sql.FLEET_TOTALS)]
 
     async def last_sequence(self, tenant: str | None = None) -> int:
         if tenant is None:
@@ -171,11 +191,45 @@ class SharedTx(SharedReads):
             raise
         return entry
 
+    async def _many(self, sql: str, values: Iterable[Iterable[Any]]) -> None:
+        """Run one write per values (a backend may send them at once)."""
+        for v in values:
+            await self._changed(sql, v)
+
+    async def write_fleet(self, batch: FleetBatch) -> None:
+        """One replica's batch of the fleet view (see rotor.core.fleet), rows in key order: two
+        replicas' batches touching the same rows lock them in the same order."""
+        await self._many(
+            _sql.FLEET_STREAM_UPSERT,
+            (rows.fleet_watcher_values(w) for w in sorted(batch.streams, key=_fleet_key)),
+        )
+        await self._many(
+            _sql.FLEET_STREAM_CLOSED, ((t, n, batch.replica, batch.now) for t, n in sorted(batch.closed))
+        )
+        await self._many(
+            _sql.FLEET_REPORT_UPSERT,
+            (rows.fleet_watcher_values(w) for w in sorted(batch.reports, key=_fleet_key)),
+        )
+        counts = sorted(batch.counts)
+        await self._many(_sql.FLEET_ADD_COUNT, counts)
+        totals: dict[tuple[str, str, str], int] = {}
+        for tenant, name, _bucket, outcome, _kid, count in counts:
+            totals[tenant, name, outcome] = totals.get((tenant, name, outcome), 0) + count
+        await self._many(_sql.FLEET_ADD_TOTAL, ((*k, c) for k, c in sorted(totals.items())))
+        if batch.prune:
+            await self._count(_sql.FLEET_PRUNE_COUNTS, (batch.now - WINDOW - 60.0,))
+            await self._count(_sql.FLEET_PRUNE_WATCHERS, (batch.now - FORGET_AFTER,))
+            await self._count(_sql.FLEET_PRUNE_TOTALS, ())
+
     async def revoke_client_families(self, client_id: str, at: float, reason: str) -> int:
         return await self._count(_sql.REVOKE_CLIENT_FAMILIES, (at, reason, client_id))
 
     async def put_client_revocation(self, revocation: ClientRevocation) -> None:
         await self._changed(_sql.UPSERT_CLIENT_REVOCATION, rows.client_revocation_values(revocation))
+
+
+def _fleet_key(w: FleetWatcher) -> tuple[str, str]:
+    return (w.tenant, w.name)
 
 
 class SharedStore:
@@ -204,6 +258,10 @@ class SharedStore:
     async def release_lease(self, name: str, holder: str) -> None:
         async with self.transaction() as tx:
             await tx._changed(_sql.RELEASE_LEASE, (name, holder))
+
+    async def write_fleet(self, batch: FleetBatch) -> None:
+        async with self.transaction() as tx:
+            await tx.write_fleet(batch)
 
     async def prune(self, now: float, event_horizon: float) -> int:
         removed = 0

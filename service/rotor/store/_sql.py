@@ -10,6 +10,7 @@ from rotor.store.rows import (
     CLIENT_REVOCATION_COLUMNS,
     EVENT_COLUMNS,
     FAMILY_COLUMNS,
+    FLEET_WATCHER_COLUMNS,
     KEY_COLUMNS,
     OPERATION_COLUMNS,
     REVOKED_COLUMNS,
@@ -149,3 +150,48 @@ PRUNE_EVENTS = (
     "(SELECT MAX(sequence) FROM events e2 WHERE e2.tenant = events.tenant)"
 )
 RAISE_PRUNED_THROUGH = "UPDATE store_meta SET value = $1 WHERE name = 'pruned_through' AND value < $1"
+
+# The fleet view (rotor.core.fleet). A stream's replica writes where the stream is; a report
+# moves the watcher to the reporting replica only while no replica holds a stream of it.
+FLEET_STREAM_UPSERT = (
+    _insert("fleet_watchers", FLEET_WATCHER_COLUMNS)
+    + " ON CONFLICT (tenant, name) DO UPDATE SET replica = excluded.replica, peer = excluded.peer,"
+    " connected_at = excluded.connected_at, sent_sequence = excluded.sent_sequence,"
+    " sent_kids = excluded.sent_kids, last_seen = excluded.last_seen"
+)
+FLEET_REPORT_UPSERT = (
+    _insert("fleet_watchers", FLEET_WATCHER_COLUMNS) + " ON CONFLICT (tenant, name) DO UPDATE SET"
+    " replica = CASE WHEN fleet_watchers.connected_at IS NULL THEN excluded.replica"
+    " ELSE fleet_watchers.replica END,"
+    " reported_sequence = excluded.reported_sequence, reported_kids = excluded.reported_kids,"
+    " last_report_at = excluded.last_report_at,"
+    " last_seen = CASE WHEN excluded.last_seen > fleet_watchers.last_seen THEN excluded.last_seen"
+    " ELSE fleet_watchers.last_seen END"
+)
+# its stream on replica $3 ended at $4 (a stream it opened since on another replica stays)
+FLEET_STREAM_CLOSED = "UPDATE fleet_watchers SET connected_at = NULL, last_seen = $4 WHERE tenant = $1 AND name = $2 AND replica = $3"
+FLEET_ADD_COUNT = (
+    "INSERT INTO fleet_verifications (tenant, name, bucket, outcome, kid, count) VALUES ($1, $2, $3, $4, $5, $6)"
+    " ON CONFLICT (tenant, name, bucket, outcome, kid) DO UPDATE SET count = fleet_verifications.count + excluded.count"
+)
+FLEET_ADD_TOTAL = (
+    "INSERT INTO fleet_totals (tenant, name, outcome, count) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (tenant, name, outcome) DO UPDATE SET count = fleet_totals.count + excluded.count"
+)
+FLEET_PRUNE_COUNTS = "DELETE FROM fleet_verifications WHERE bucket < $1"
+FLEET_PRUNE_WATCHERS = "DELETE FROM fleet_watchers WHERE last_seen < $1"
+FLEET_PRUNE_TOTALS = (
+    "DELETE FROM fleet_totals WHERE NOT EXISTS (SELECT 1 FROM fleet_watchers w "
+    "WHERE w.tenant = fleet_totals.tenant AND w.name = fleet_totals.name)"
+)
+FLEET_WATCHERS = (
+    f"SELECT {FLEET_WATCHER_COLUMNS} FROM fleet_watchers WHERE last_seen >= $1 ORDER BY tenant, name"
+)
+FLEET_WATCHERS_OF_TENANT = (
+    f"SELECT {FLEET_WATCHER_COLUMNS} FROM fleet_watchers WHERE last_seen >= $1 AND tenant = $2 ORDER BY name"
+)
+FLEET_COUNTS_OF_TENANT = (
+    "SELECT name, outcome, kid, SUM(count) FROM fleet_verifications WHERE bucket >= $1 AND tenant = $2 "
+    "GROUP BY name, outcome, kid ORDER BY name, outcome, kid"
+)
+FLEET_TOTALS = "SELECT tenant, name, outcome, count FROM fleet_totals ORDER BY tenant, name, outcome"

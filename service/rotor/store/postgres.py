@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
+from rotor.core.fleet import FleetWatcher
 from rotor.core.model import (
     AuditEntry,
     Client,
@@ -163,6 +164,12 @@ class _PostgresTx(_Reads, SharedTx):
 
     async def _changed(self, sql: str, params: Iterable[Any], what: str = "row") -> bool:
         return await self._count(sql, params, what) > 0
+
+    async def _many(self, sql: str, values: Iterable[Iterable[Any]]) -> None:
+        batch = [tuple(v) for v in values]
+        if batch:
+            with _driver_errors():
+                await self._conn.executemany(sql, batch)
 
     async def get_client(self, client_id: str) -> Client | None:
         # locked until the transaction ends: update_client writes the whole client back
@@ -409,6 +416,16 @@ class PostgresStore(SharedStore):
     async def pruned_through(self) -> int:
         row = await self._pooled()._one(_sql.PRUNED_THROUGH)
         return int(row[0])
+
+    async def fleet_watchers(
+        self, seen_since: float, counts_since: float | None, tenant: str | None
+    ) -> list[FleetWatcher]:
+        with _driver_errors():
+            async with self._acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                return await _Reads(conn).read_fleet(seen_since, counts_since, tenant)
+
+    async def fleet_totals(self) -> list[tuple[str, str, str, int]]:
+        return await self._pooled().read_fleet_totals()
 
 
 async def _until_lost(conn: asyncpg.Connection, lost: asyncio.Event) -> None:

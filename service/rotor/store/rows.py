@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any
 
+from rotor.core.fleet import FleetWatcher, VerificationCount
 from rotor.core.model import (
     AuditEntry,
     Client,
@@ -46,6 +47,10 @@ OPERATION_COLUMNS = (
     "approved_by, applied_at"
 )
 EVENT_COLUMNS = "sequence, tenant, type, occurred_at, payload"
+FLEET_WATCHER_COLUMNS = (
+    "tenant, name, replica, peer, connected_at, sent_sequence, sent_kids, reported_sequence, reported_kids, "
+    "last_seen, last_report_at"
+)
 
 
 def count(columns: str) -> int:
@@ -114,6 +119,24 @@ def event(row: Iterable[Any]) -> StoredEvent:
     return StoredEvent(int(r[0]), r[1], r[2], r[3], r[4])
 
 
+def fleet_watcher(row: Iterable[Any], verifications: tuple[VerificationCount, ...] = ()) -> FleetWatcher:
+    r = tuple(row)
+    return FleetWatcher(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        int(r[5]),
+        tuple(json.loads(r[6])),
+        int(r[7]),
+        tuple(json.loads(r[8])),
+        r[9],
+        r[10],
+        verifications,
+    )
+
+
 # Encoders: each returns the values of its record in its _COLUMNS order.
 
 
@@ -175,3 +198,19 @@ def client_revocation_values(c: ClientRevocation) -> tuple[Any, ...]:
 def operation_values(o: Operation) -> tuple[Any, ...]:
     values = _flat(o)
     return (*values[:8], o.state.value, *values[9:])
+
+
+def fleet_watcher_values(w: FleetWatcher) -> tuple[Any, ...]:
+    return (
+        w.tenant,
+        w.name,
+        w.replica,
+        w.peer,
+        w.connected_at,
+        w.sent_sequence,
+        json.dumps(list(w.sent_kids)),
+        w.reported_sequence,
+        json.dumps(list(w.reported_kids)),
+        w.last_seen,
+        w.last_report_at,
+    )

@@ -28,6 +28,7 @@ from typing import Any
 
 import aiosqlite
 
+from rotor.core.fleet import FleetWatcher
 from rotor.core.model import (
     AuditEntry,
     Client,
@@ -412,6 +413,24 @@ class SqliteStore(SharedStore):
     async def pruned_through(self) -> int:
         row = await self._read(self._reads._one, _sql.PRUNED_THROUGH)
         return int(row[0])
+
+    async def fleet_watchers(
+        self, seen_since: float, counts_since: float | None, tenant: str | None
+    ) -> list[FleetWatcher]:
+        async with self._read_lock:
+            await self._end_stray_read()
+            try:
+                try:
+                    await self._reader.execute("BEGIN")  # watchers and their counts read together
+                    return await self._reads.read_fleet(seen_since, counts_since, tenant)
+                finally:
+                    await asyncio.shield(self._end_read())
+            except (sqlite3.Error, Unavailable) as e:
+                raise Unavailable(f"the SQLite store could not be read: {e}") from e
+
+    async def fleet_totals(self) -> list[tuple[str, str, str, int]]:
+        result: list[tuple[str, str, str, int]] = await self._read(self._reads.read_fleet_totals)
+        return result
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:

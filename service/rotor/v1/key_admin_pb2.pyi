@@ -434,7 +434,10 @@ Global___GetRotationStatusRequest: _TypeAlias = GetRotationStatusRequest  # noqa
 
 @_typing.final
 class WatcherStatus(_message.Message):
-    """WatcherStatus is one connected watcher that named itself (metadata x-rotor-watcher)."""
+    """WatcherStatus is one watcher that named itself (metadata x-rotor-watcher, or
+    ReportVerifications), on any replica, streaming or reporting within the last
+    three report intervals.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -442,15 +445,33 @@ class WatcherStatus(_message.Message):
     PEER_FIELD_NUMBER: _builtins.int
     SENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     CONNECTED_AT_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    KIDS_FIELD_NUMBER: _builtins.int
+    LAST_REPORT_AT_FIELD_NUMBER: _builtins.int
+    VERIFICATIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The name it gave."""
     peer: _builtins.str
     """Its address."""
     sent_sequence: _builtins.int
-    """The newest event sequence sent to it."""
+    """The newest event sequence sent to it, or that it reported applying."""
+    replica: _builtins.str
+    """The Rotor replica that holds its stream (or took its latest report)."""
     @_builtins.property
     def connected_at(self) -> _timestamp_pb2.Timestamp:
-        """When its stream opened."""
+        """When its stream opened; unset when it does not stream (it only reports)."""
+
+    @_builtins.property
+    def kids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The kids of the keys it holds: as it last reported, else as last sent to it."""
+
+    @_builtins.property
+    def last_report_at(self) -> _timestamp_pb2.Timestamp:
+        """When it last reported its verifications; unset if it never has."""
+
+    @_builtins.property
+    def verifications(self) -> _containers.RepeatedCompositeFieldContainer[_keys_pb2.VerificationCount]:
+        """Its verification outcomes over the last 15 minutes, by outcome and kid."""
 
     def __init__(
         self,
@@ -459,10 +480,14 @@ class WatcherStatus(_message.Message):
         peer: _builtins.str = ...,
         sent_sequence: _builtins.int = ...,
         connected_at: _timestamp_pb2.Timestamp | None = ...,
+        replica: _builtins.str = ...,
+        kids: _abc.Iterable[_builtins.str] | None = ...,
+        last_report_at: _timestamp_pb2.Timestamp | None = ...,
+        verifications: _abc.Iterable[_keys_pb2.VerificationCount] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connected_at", b"connected_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connected_at", b"connected_at", "last_report_at", b"last_report_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_at", b"connected_at", "name", b"name", "peer", b"peer", "sent_sequence", b"sent_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_at", b"connected_at", "kids", b"kids", "last_report_at", b"last_report_at", "name", b"name", "peer", b"peer", "replica", b"replica", "sent_sequence", b"sent_sequence", "verifications", b"verifications"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -480,7 +505,7 @@ class GetRotationStatusResponse(_message.Message):
     """The tenant's newest event sequence."""
     @_builtins.property
     def watchers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatcherStatus]:
-        """Named watchers connected to this server process."""
+        """Named watchers of every replica, by name."""
 
     def __init__(
         self,

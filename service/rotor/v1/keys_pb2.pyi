@@ -362,3 +362,35 @@ class KeyEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyEvent: _TypeAlias = KeyEvent  # noqa: Y015
+
+@_typing.final
+class VerificationCount(_message.Message):
+    """VerificationCount is how many token verifications at a verifier ended one way."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    KID_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    outcome: _builtins.str
+    """"OK", or the reason verification failed: TOKEN_EXPIRED, UNKNOWN_KEY,
+    KEY_SET_STALE, INVALID_SIGNATURE, ... (the client library's error reasons).
+    """
+    kid: _builtins.str
+    """The kid the token's header named; empty when it named none (or could not be read)."""
+    count: _builtins.int
+    """How many."""
+    def __init__(
+        self,
+        *,
+        outcome: _builtins.str = ...,
+        kid: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "kid", b"kid", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerificationCount: _TypeAlias = VerificationCount  # noqa: Y015

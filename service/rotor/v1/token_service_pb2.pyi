@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from rotor.v1 import keys_pb2 as _keys_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -251,3 +252,69 @@ class WatchKeyRotationsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchKeyRotationsRequest: _TypeAlias = WatchKeyRotationsRequest  # noqa: Y015
+
+@_typing.final
+class ReportVerificationsRequest(_message.Message):
+    """ReportVerificationsRequest is one named watcher's report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    WATCHER_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    KIDS_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Tenant; empty is the default tenant."""
+    watcher: _builtins.str
+    """The watcher's name (as in metadata x-rotor-watcher)."""
+    sequence: _builtins.int
+    """The newest event sequence the watcher applied."""
+    @_builtins.property
+    def kids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The kids of the keys it holds."""
+
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[_keys_pb2.VerificationCount]:
+        """Verification outcomes since its previous report (at most 256 entries)."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        watcher: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        kids: _abc.Iterable[_builtins.str] | None = ...,
+        counts: _abc.Iterable[_keys_pb2.VerificationCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "kids", b"kids", "sequence", b"sequence", "tenant", b"tenant", "watcher", b"watcher"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportVerificationsRequest: _TypeAlias = ReportVerificationsRequest  # noqa: Y015
+
+@_typing.final
+class ReportVerificationsResponse(_message.Message):
+    """ReportVerificationsResponse says when to report next."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEXT_REPORT_IN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def next_report_in(self) -> _duration_pb2.Duration:
+        """Report again after this long."""
+
+    def __init__(
+        self,
+        *,
+        next_report_in: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_report_in", b"next_report_in"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_report_in", b"next_report_in"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportVerificationsResponse: _TypeAlias = ReportVerificationsResponse  # noqa: Y015

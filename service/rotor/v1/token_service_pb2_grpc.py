@@ -63,6 +63,11 @@ class TokenServiceStub:
                 request_serializer=rotor_dot_v1_dot_token__service__pb2.WatchKeyRotationsRequest.SerializeToString,
                 response_deserializer=rotor_dot_v1_dot_keys__pb2.KeyEvent.FromString,
                 _registered_method=True)
+        self.ReportVerifications = channel.unary_unary(
+                '/rotor.v1.TokenService/ReportVerifications',
+                request_serializer=rotor_dot_v1_dot_token__service__pb2.ReportVerificationsRequest.SerializeToString,
+                response_deserializer=rotor_dot_v1_dot_token__service__pb2.ReportVerificationsResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -107,6 +112,14 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportVerifications(self, request, context):
+        """ReportVerifications tells Rotor what a named watcher holds and how its
+        verifiers' verifications went since its previous report. No credentials needed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +147,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.WatchKeyRotations,
                     request_deserializer=rotor_dot_v1_dot_token__service__pb2.WatchKeyRotationsRequest.FromString,
                     response_serializer=rotor_dot_v1_dot_keys__pb2.KeyEvent.SerializeToString,
+            ),
+            'ReportVerifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportVerifications,
+                    request_deserializer=rotor_dot_v1_dot_token__service__pb2.ReportVerificationsRequest.FromString,
+                    response_serializer=rotor_dot_v1_dot_token__service__pb2.ReportVerificationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +292,33 @@ class TokenService:
             '/rotor.v1.TokenService/WatchKeyRotations',
             rotor_dot_v1_dot_token__service__pb2.WatchKeyRotationsRequest.SerializeToString,
             rotor_dot_v1_dot_keys__pb2.KeyEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportVerifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rotor.v1.TokenService/ReportVerifications',
+            rotor_dot_v1_dot_token__service__pb2.ReportVerificationsRequest.SerializeToString,
+            rotor_dot_v1_dot_token__service__pb2.ReportVerificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class TokenServiceStub:
     """WatchKeyRotations streams a snapshot, then every key change and token
     revocation as it happens. No credentials needed.
     """
+    ReportVerifications: _grpc.UnaryUnaryMultiCallable[_token_service_pb2.ReportVerificationsRequest, _token_service_pb2.ReportVerificationsResponse]
+    """ReportVerifications tells Rotor what a named watcher holds and how its
+    verifiers' verifications went since its previous report. No credentials needed.
+    """
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -69,6 +73,10 @@ class TokenServiceAsyncStub(TokenServiceStub):
     WatchKeyRotations: _aio.UnaryStreamMultiCallable[_token_service_pb2.WatchKeyRotationsRequest, _keys_pb2.KeyEvent]  # type: ignore[assignment]
     """WatchKeyRotations streams a snapshot, then every key change and token
     revocation as it happens. No credentials needed.
+    """
+    ReportVerifications: _aio.UnaryUnaryMultiCallable[_token_service_pb2.ReportVerificationsRequest, _token_service_pb2.ReportVerificationsResponse]  # type: ignore[assignment]
+    """ReportVerifications tells Rotor what a named watcher holds and how its
+    verifiers' verifications went since its previous report. No credentials needed.
     """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -117,6 +125,16 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_keys_pb2.KeyEvent], _abc.AsyncIterator[_keys_pb2.KeyEvent]]:
         """WatchKeyRotations streams a snapshot, then every key change and token
         revocation as it happens. No credentials needed.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportVerifications(
+        self,
+        request: _token_service_pb2.ReportVerificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_service_pb2.ReportVerificationsResponse, _abc.Awaitable[_token_service_pb2.ReportVerificationsResponse]]:
+        """ReportVerifications tells Rotor what a named watcher holds and how its
+        verifiers' verifications went since its previous report. No credentials needed.
         """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
