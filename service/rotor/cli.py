@@ -637,6 +637,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
             )
         # the watchers at the start must get it; so must any that connect meanwhile
         expected = {_who(w): None for w in before.watchers}
+        replicas = {_who(w): w.replica for w in before.watchers}
         took: dict[tuple[str, str], float] = {}
         published = None
         while True:
@@ -647,6 +648,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
             streams: dict[tuple[str, str], list[Any]] = {}
             for w in current.watchers:
                 streams.setdefault(_who(w), []).append(w)
+                replicas[_who(w)] = w.replica
             for who, same in streams.items():  # every stream of a name on a replica must hold it
                 expected.setdefault(who, None)
                 if who not in took and all(_holds(w, key.kid, published) for w in same):
@@ -663,11 +665,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
         "already_pending": key.kid in was_pending,
         "watchers": [
             {
-                "name": name,
-                "replica": replica,
-                "seconds": round(took[(name, replica)], 3) if (name, replica) in took else None,
+                "name": who[0],
+                "replica": replicas.get(who, ""),
+                "seconds": round(took[who], 3) if who in took else None,
             }
-            for name, replica in sorted(expected)
+            for who in sorted(expected)
         ],
         "missing": [name for name, _ in missing],
     }
@@ -682,7 +684,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
         for entry in report["watchers"]:
             seconds = entry["seconds"]
             got = f"had it after {seconds:.1f}s" if seconds is not None else f"NOT within {_span(timeout)}"
-            print(f"  {entry['name']}: {got}")
+            where = f" (replica {entry['replica']})" if entry["replica"] else ""
+            print(f"  {entry['name']}{where}: {got}")
         if not expected:
             print("no named watcher is connected: nothing to follow", file=sys.stderr)
     if missing:
@@ -695,14 +698,14 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 
 def _who(watcher: Any) -> tuple[str, str]:
-    """A watcher as the drill reports it: its name, and its replica."""
+    """A watcher as the drill reports it: its name (the fleet view lists each name once)."""
     return (watcher.name, "")
 
 
 def _holds(watcher: Any, kid: str, published: int) -> bool:
-    """Whether a watcher holds key `kid`: it was sent the event that published it, or a later one
-    (every key event carries the whole key set)."""
-    return bool(watcher.sent_sequence >= published)
+    """Whether a watcher holds key `kid`: it says so (kids), or it was sent or applied the event
+    that published it or a later one (every key event carries the whole key set)."""
+    return kid in watcher.kids or watcher.sent_sequence >= published
 
 
 # -- output ----------------------------------------------------------------------

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from rotor.core.fleet import FleetWatcher, VerificationCount
 from rotor.core.model import AuditEntry, KeyState, SigningKey
-from rotor.core.status import AUDIT_SHOWN, TenantStatus, WatcherSighting, build_status
+from rotor.core.status import AUDIT_SHOWN, TenantStatus, WatcherSighting, build_status, sighting_of
 
 from .support import PUBLISH_LEAD, ROTATION, T0, VERIFY_WINDOW
 
@@ -132,3 +133,28 @@ def test_the_newest_audit_events_come_first_and_only_so_many() -> None:
 
 def test_a_viewer_who_may_not_see_the_audit_log_gets_no_audit_key() -> None:
     assert "audit" not in status(audit=None).to_dict()
+
+
+def test_a_watcher_that_only_reports_is_listed_with_no_stream_and_what_it_reported() -> None:
+    reported = FleetWatcher(
+        tenant="",
+        name="cron",
+        replica="r2",
+        peer="",
+        connected_at=None,
+        sent_sequence=0,
+        sent_kids=(),
+        reported_sequence=8,
+        reported_kids=(ACTIVE.kid,),
+        last_seen=NOW - 3,
+        last_report_at=NOW - 3,
+        verifications=(
+            VerificationCount("OK", ACTIVE.kid, 5),
+            VerificationCount("UNKNOWN_KEY", PENDING.kid, 1),
+        ),
+    )
+    (line,) = status(sighting_of(reported)).to_dict()["watchers"]
+    assert (line["name"], line["replica"], line["connected_at"]) == ("cron", "r2", None)
+    assert (line["sequence"], line["behind"], line["kids"]) == (8, 1, [ACTIVE.kid])
+    assert (line["holds_active"], line["holds_pending"]) == (True, False)
+    assert line["verifications"]["outcomes"] == {"OK": 5, "UNKNOWN_KEY": 1}

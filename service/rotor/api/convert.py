@@ -237,8 +237,10 @@ def watcher_sighting_of(msg: key_admin_pb2.WatcherStatus) -> WatcherSighting:
     """A WatcherStatus as the status model's record of a watcher."""
     return WatcherSighting(
         name=msg.name,
-        replica="",
-        connected_at=seconds_of_timestamp(msg.connected_at),
+        replica=msg.replica,
+        connected_at=seconds_of_timestamp(msg.connected_at) if msg.HasField("connected_at") else None,
         sequence=msg.sent_sequence,
-        kids=frozenset(),
+        kids=frozenset(msg.kids),
+        last_report_at=seconds_of_timestamp(msg.last_report_at) if msg.HasField("last_report_at") else None,
+        verifications=tuple((v.outcome, v.kid, v.count) for v in msg.verifications),
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from rotor.clock import Clock
 from rotor.core import lifecycle
+from rotor.core.fleet import FleetWatcher
 from rotor.core.keys import KeyManager
 from rotor.core.model import AuditEntry, KeyState, SigningKey
 from rotor.store import Store
@@ -35,11 +36,24 @@ class WatcherSighting:
 
     name: str
     replica: str
-    connected_at: float
+    connected_at: float | None  # None for a watcher that reports but does not stream
     sequence: int
     kids: frozenset[str]
     last_report_at: float | None = None
     verifications: tuple[tuple[str, str, int], ...] = ()
+
+
+def sighting_of(watcher: FleetWatcher) -> WatcherSighting:
+    """A watcher as the fleet view (and so GetRotationStatus) reports it."""
+    return WatcherSighting(
+        name=watcher.name,
+        replica=watcher.replica,
+        connected_at=watcher.connected_at,
+        sequence=watcher.sequence,
+        kids=frozenset(watcher.kids),
+        last_report_at=watcher.last_report_at,
+        verifications=tuple((v.outcome, v.kid, v.count) for v in watcher.verifications),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +91,7 @@ class WatcherLine:
 
     name: str
     replica: str
-    connected_at: float
+    connected_at: float | None
     sequence: int
     behind: int  # events the watcher has yet to get
     kids: tuple[str, ...]
@@ -112,7 +126,7 @@ class WatcherLine:
         return {
             "name": self.name,
             "replica": self.replica,
-            "connected_at": iso(self.connected_at),
+            "connected_at": iso(self.connected_at) if self.connected_at is not None else None,
             "sequence": self.sequence,
             "behind": self.behind,
             "kids": list(self.kids),
@@ -221,7 +235,7 @@ def build_status(
     fleet = tuple(
         sorted(
             (_watcher_line(w, latest_sequence, active, pending) for w in watchers),
-            key=lambda w: (w.name, w.replica, w.connected_at),
+            key=lambda w: (w.name, w.replica, w.connected_at or 0.0),
         )
     )
     shown = None
