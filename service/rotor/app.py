@@ -28,6 +28,7 @@ from rotor.config import Config
 from rotor.core.clients import Authenticator, ClientDirectory
 from rotor.core.crypto import AesGcmSealer, load_kek
 from rotor.core.events import EventHub
+from rotor.core.fleet import Fleet
 from rotor.core.keys import KeyManager, KeyRing
 from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import DEFAULT_TENANT, Event
@@ -134,6 +135,15 @@ class RotorServer:
         policy = key_policy(config)
         self.keyring = KeyRing(self.store, sealer)
         self.watchers = WatcherRegistry()
+        # every replica's named watchers, through the store (GetRotationStatus, the ack gate, metrics)
+        self.fleet = Fleet(
+            self.store,
+            self.clock,
+            self.watchers,
+            replica=config.cluster.replica,
+            report_interval=config.limits.report_interval,
+            max_names=config.limits.max_watchers,
+        )
         self.keys = KeyManager(
             self.store,
             sealer,
@@ -145,7 +155,7 @@ class RotorServer:
             require_approval=config.keys.require_approval,
             tenants=sorted({"", *config.tenants, *await self.store.list_tenants()}),
             tenant_algorithms={name: t.algorithm for name, t in config.tenants.items() if t.algorithm},
-            ack_gate=self.watchers.unacknowledged if config.keys.activation_requires_ack else None,
+            ack_gate=self.fleet.unacknowledged if config.keys.activation_requires_ack else None,
             max_ack_wait=config.keys.max_ack_wait,
         )
         self.tokens = TokenService(
@@ -181,6 +191,7 @@ class RotorServer:
         self.metrics.watch_keys(
             lambda: self.keys.tenants, self.keyring.live, self.keyring.has_active, policy, self.clock.now
         )
+        self.metrics.watch_fleet(self.fleet.present, self.fleet.totals)
         self.health = health_aio.HealthServicer()
         await self._set_health()
         # The hub first: from here on, a key change by any process reaches the key ring.
@@ -188,6 +199,9 @@ class RotorServer:
         self._running.push_async_callback(self.hub.close)
         for tenant in self.keys.tenants:
             await self.keyring.refresh(tenant)
+        await self.fleet.sync()  # the ack gate sees every replica's watchers from the first tick
+        self.fleet.start()
+        self._running.push_async_callback(self.fleet.stop)
         await self.rotator.tick()  # the first key on a new store, and anything due while we were down
         self.rotator.start()
         self._running.push_async_callback(self.rotator.stop)
@@ -219,9 +233,17 @@ class RotorServer:
                     self.metrics,
                     self.watchers,
                     limits.write_timeout,
+                    self.fleet,
                 ).handler(),
                 KeyAdminServicer(
-                    auth, self.keys, self.tokens, self.store, self.watchers, self.clock, self.metrics
+                    auth,
+                    self.keys,
+                    self.tokens,
+                    self.store,
+                    self.watchers,
+                    self.clock,
+                    self.metrics,
+                    self.fleet,
                 ).handler(),
             )
         )

@@ -82,6 +82,7 @@ class TlsConfig:
 class ClusterConfig:
     lease_ttl: float = 10.0  # a dead rotator's lease passes to another process after this
     pool_size: int = 10  # PostgreSQL connections per process
+    replica: str = ""  # this replica's name in the fleet view; "" = HOST:PID
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class LimitsConfig:
     keepalive_timeout: float = 20.0  # ...and drops it when the ping is not answered in time
     idle_timeout: float = 600.0  # a connection with no call for this long is closed
     write_timeout: float = 10.0  # a watcher that takes no message for this long is cut off
+    report_interval: float = 10.0  # named watchers report this often (ReportVerifications)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "refresh_family_ttl": "duration",
     },
     "tls": {"cert_file": "str", "key_file": "str", "client_ca_file": "str", "require_client_cert": "bool"},
-    "cluster": {"lease_ttl": "duration", "pool_size": "int"},
+    "cluster": {"lease_ttl": "duration", "pool_size": "int", "replica": "str"},
     "limits": {
         "issue_rate": "number",
         "issue_burst": "int",
@@ -175,6 +177,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "keepalive_timeout": "duration",
         "idle_timeout": "duration",
         "write_timeout": "duration",
+        "report_interval": "duration",
     },
 }
 _TENANT_SCHEMA = {"algorithm": "str"}  # each [tenants.NAME] table
@@ -363,6 +366,10 @@ def policy_violations(config: Config) -> list[str]:
         )
     if config.cluster.lease_ttl < 1:
         out.append("cluster.lease_ttl: must be at least 1s")
+    if len(config.cluster.replica) > 128 or (
+        config.cluster.replica and not config.cluster.replica.isprintable()
+    ):
+        out.append("cluster.replica: a replica name is at most 128 printable characters")
     if not 1 <= config.cluster.pool_size <= 1000:
         out.append(f"cluster.pool_size: {config.cluster.pool_size} is outside 1..1000")
     return out + _limits_violations(config.limits)
@@ -386,6 +393,8 @@ def _limits_violations(limits: LimitsConfig) -> list[str]:
     for name in ("keepalive_time", "keepalive_timeout", "idle_timeout", "write_timeout"):
         if getattr(limits, name) < 0.01:
             out.append(f"limits.{name}: must be at least 10ms")
+    if not 0.1 <= limits.report_interval <= 3600:
+        out.append("limits.report_interval: must be between 100ms and 1h")
     return out
 
 

@@ -111,6 +111,14 @@ class Metrics:
         """Export the key timeline, read from the key ring at each scrape."""
         self.registry.register(_KeyCollector(tenants, live, can_sign, policy, now))
 
+    def watch_fleet(
+        self,
+        present: Callable[[], dict[str, int]],
+        totals: Callable[[], Iterable[tuple[str, str, str, int]]],
+    ) -> None:
+        """Export the fleet view, as this process last read it from the store (every replica's)."""
+        self.registry.register(_FleetCollector(present, totals))
+
     def observe(self, method: str, code: str, seconds: float | None, reason: str) -> None:
         """One finished RPC (seconds None for streams), labelled with the caller in `caller`."""
         if seconds is not None:
@@ -161,6 +169,36 @@ class _AuditCollector(Collector):
         )
         failures.add_metric([], AUDIT_WRITE_FAILURES.count)
         return [failures]
+
+
+class _FleetCollector(Collector):
+    """Every replica's named watchers and their reported verifications, read from the store: each
+    replica exports the same fleet-wide values (aggregate with max, not sum, across replicas)."""
+
+    def __init__(
+        self,
+        present: Callable[[], dict[str, int]],
+        totals: Callable[[], Iterable[tuple[str, str, str, int]]],
+    ) -> None:
+        self._present, self._totals = present, totals
+
+    def collect(self) -> Iterable[Metric]:
+        watchers = GaugeMetricFamily(
+            "rotor_fleet_watchers",
+            "Named watchers of the tenant, on every replica, streaming or reporting.",
+            labels=["tenant"],
+        )
+        for tenant, count in self._present().items():
+            watchers.add_metric([tenant], count)
+        verifications = CounterMetricFamily(
+            "rotor_fleet_verifications",
+            "Token verifications reported by named watchers' verifiers, by outcome (OK, or the "
+            "client library's error reason), fleet-wide.",
+            labels=["tenant", "watcher", "outcome"],
+        )
+        for tenant, watcher, outcome, count in self._totals():
+            verifications.add_metric([tenant, watcher, outcome], count)
+        return [watchers, verifications]
 
 
 class _KeyCollector(Collector):

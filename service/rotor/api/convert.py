@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from rotor.core import lifecycle
 from rotor.core.errors import InvalidRequest
+from rotor.core.fleet import FleetWatcher
 from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import (
     AuditEntry,
@@ -122,6 +123,24 @@ def revoked_token(r: RevokedToken) -> keys_pb2.RevokedToken:
 
 def client_revocation(c: ClientRevocation) -> keys_pb2.ClientRevocation:
     return keys_pb2.ClientRevocation(client_id=c.client_id, not_before=timestamp(c.not_before))
+
+
+def watcher_status(w: FleetWatcher) -> key_admin_pb2.WatcherStatus:
+    status = key_admin_pb2.WatcherStatus(
+        name=w.name,
+        peer=w.peer,
+        sent_sequence=w.sequence,
+        replica=w.replica,
+        kids=w.kids,
+        verifications=[
+            keys_pb2.VerificationCount(outcome=c.outcome, kid=c.kid, count=c.count) for c in w.verifications
+        ],
+    )
+    if w.connected_at is not None:
+        status.connected_at.CopyFrom(timestamp(w.connected_at))
+    if w.last_report_at is not None:
+        status.last_report_at.CopyFrom(timestamp(w.last_report_at))
+    return status
 
 
 def audit_event(a: AuditEntry) -> key_admin_pb2.AuditEvent:

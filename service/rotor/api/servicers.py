@@ -26,6 +26,7 @@ from rotor.core.errors import (
     WatcherTooSlow,
 )
 from rotor.core.events import EventHub
+from rotor.core.fleet import Fleet, check_report
 from rotor.core.keys import KeyManager
 from rotor.core.model import Client, Event
 from rotor.core.propagation import WatcherRegistry
@@ -96,10 +97,12 @@ class TokenServicer:
         metrics: Metrics | None = None,
         watchers: WatcherRegistry | None = None,
         write_timeout: float = WRITE_TIMEOUT,
+        fleet: Fleet | None = None,
     ) -> None:
         self._auth, self._tokens, self._keys, self._store = auth, tokens, keys, store
         self._metrics = metrics
         self._watchers = watchers or WatcherRegistry()
+        self._fleet = fleet or Fleet(store, clock, self._watchers)
         self._hub, self._encoder, self._clock, self._limits = hub, encoder, clock, limits
         self._issue_rate, self._refresh_rate = rates or (
             RateLimiter("Issue", 0, 0, clock),
@@ -206,6 +209,21 @@ class TokenServicer:
             finally:
                 self._hub.unsubscribe(sub)
 
+    @unary
+    async def report_verifications(
+        self, request: token_service_pb2.ReportVerificationsRequest, context: Context
+    ) -> token_service_pb2.ReportVerificationsResponse:
+        tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
+        report = check_report(
+            tenant,
+            request.watcher,
+            request.sequence,
+            request.kids,
+            ((c.outcome, c.kid, c.count) for c in request.counts),
+        )
+        next_in = self._fleet.report(report)
+        return token_service_pb2.ReportVerificationsResponse(next_report_in=convert.duration(next_in))
+
     async def _can_resume(self, tenant: str, after: int) -> bool:
         """Whether every event after `after` is still in the log (else the watcher gets a snapshot)."""
         if after == 0:
@@ -220,6 +238,10 @@ class TokenServicer:
                 "Refresh": (self.refresh, token_service_pb2.RefreshRequest),
                 "Revoke": (self.revoke, token_service_pb2.RevokeRequest),
                 "GetKeySet": (self.get_key_set, token_service_pb2.GetKeySetRequest),
+                "ReportVerifications": (
+                    self.report_verifications,
+                    token_service_pb2.ReportVerificationsRequest,
+                ),
             },
             {"WatchKeyRotations": (self.watch_key_rotations, token_service_pb2.WatchKeyRotationsRequest)},
             self._metrics,
@@ -238,9 +260,11 @@ class KeyAdminServicer:
         watchers: WatcherRegistry,
         clock: Clock,
         metrics: Metrics | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self._auth, self._keys, self._tokens, self._store = auth, keys, tokens, store
         self._watchers, self._clock, self._metrics = watchers, clock, metrics
+        self._fleet = fleet or Fleet(store, clock, watchers)
 
     async def _admin(self, context: Context, rpc: str) -> Client:
         """The calling admin; a refused attempt is written to the audit log, then refused."""
@@ -401,15 +425,7 @@ class KeyAdminServicer:
         await self._within(admin, tenant, "GetRotationStatus", context)
         return key_admin_pb2.GetRotationStatusResponse(
             latest_sequence=await self._store.last_sequence(tenant),
-            watchers=[
-                key_admin_pb2.WatcherStatus(
-                    name=w.name,
-                    peer=w.peer,
-                    sent_sequence=w.sent_sequence,
-                    connected_at=convert.timestamp(w.connected_at),
-                )
-                for w in self._watchers.named(tenant)
-            ],
+            watchers=[convert.watcher_status(w) for w in await self._fleet.watchers(tenant)],
         )
 
 
