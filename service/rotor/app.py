@@ -34,7 +34,7 @@ from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import DEFAULT_TENANT, Event
 from rotor.core.propagation import WatcherRegistry
 from rotor.core.rotation import Rotator
-from rotor.core.status import StatusView, WatcherSighting
+from rotor.core.status import StatusView, WatcherSighting, sighting_of
 from rotor.core.tokens import TokenPolicy, TokenService
 from rotor.metrics import Metrics
 from rotor.store import open_store
@@ -291,11 +291,8 @@ class RotorServer:
         await self._set_health()
 
     async def _fleet(self, tenant: str) -> list[WatcherSighting]:
-        """The tenant's named watchers, as GetRotationStatus lists them."""
-        return [
-            WatcherSighting(w.name, "", w.connected_at, w.sent_sequence, w.known_kids)
-            for w in self.watchers.named(tenant)
-        ]
+        """The tenant's named watchers of every replica, as GetRotationStatus lists them."""
+        return [sighting_of(w) for w in await self.fleet.watchers(tenant)]
 
     def ready(self) -> bool:
         """Whether this server can do its job: not stopping, and every tenant has a key that signs."""
