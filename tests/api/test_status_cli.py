@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import rotor_client
 from rotor.cli import main
-from rotor.v1 import key_admin_pb2, keys_pb2
+from rotor.v1 import key_admin_pb2, keys_pb2, token_service_pb2
 from rotor_client import KeySetWatcher
 
 from .conftest import MakeRotor
@@ -104,10 +104,59 @@ async def test_status_json_prints_the_model_status_json_serves(
     assert printed["audit"] == served["audit"] and printed["audit"][0]["action"] == "key.published"
     for field in ("tenant", "latest_sequence", "next_rotation_at", "active_kid", "pending_kid"):
         assert printed[field] == served[field], field
-    assert [(w["name"], w["sequence"]) for w in printed["watchers"]] == [
-        (w["name"], w["sequence"]) for w in served["watchers"]
-    ]
-    assert printed["watchers"][0]["name"] == "billing"
+    assert printed["watchers"] == served["watchers"] and printed["watchers"][0]["name"] == "billing"
+    assert printed["watchers"][0]["replica"] == rotor.server.fleet.replica
+
+
+async def test_reported_verifications_show_in_status_json_and_rotor_status_alike(
+    make_rotor: MakeRotor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A watcher that reports (ReportVerifications, no stream): its kids, sequence, outcomes over the last
+    15 minutes and failure ratios, the same at both doors; UNKNOWN_KEY counts as a failure beyond expiry."""
+    rotor = await make_rotor(http_listen="127.0.0.1:0")
+    ops = await rotor.add_client("ops", admin=True)
+    keyset = await rotor.key_set()
+    (active,) = [k.kid for k in keyset.keys]
+    counts = [("OK", active, 90), ("TOKEN_EXPIRED", active, 6), ("UNKNOWN_KEY", "stranger-kid", 4)]
+    await rotor.tokens.ReportVerifications(
+        token_service_pb2.ReportVerificationsRequest(
+            watcher="cron",
+            sequence=keyset.sequence,
+            kids=[active],
+            counts=[keys_pb2.VerificationCount(outcome=o, kid=k, count=n) for o, k, n in counts],
+        ),
+        timeout=10,
+    )
+
+    async def reported() -> dict[str, Any] | None:
+        doc = await status_json(rotor, ops)
+        return doc if doc["watchers"] and doc["watchers"][0]["verifications"]["total"] == 100 else None
+
+    served = await until(reported)
+    code, out, _ = await rotor_cli(capsys, ops, "status", "--target", rotor.address, "--json")
+    assert code == 0
+    printed = json.loads(out)
+    assert printed["watchers"] == served["watchers"]
+    (cron,) = printed["watchers"]
+    assert (cron["name"], cron["replica"], cron["connected_at"]) == ("cron", rotor.server.fleet.replica, None)
+    assert (cron["kids"], cron["holds_active"], cron["behind"]) == ([active], True, 0)
+    assert cron["last_report_at"] is not None
+    v = cron["verifications"]
+    assert v["outcomes"] == {"OK": 90, "TOKEN_EXPIRED": 6, "UNKNOWN_KEY": 4}
+    assert (v["failure_ratio"], v["other_failure_ratio"]) == (0.1, 0.04)
+    code, out, _ = await rotor_cli(capsys, ops, "status", "--target", rotor.address)
+    (row,) = [line for line in out.splitlines() if line.startswith("cron ")]
+    assert "UNKNOWN_KEY=4" in row and "10.0% (4.0% not expiry)" in row, row
+
+
+async def until(check: Any, within: float = 10.0) -> Any:
+    """Poll the coroutine function `check` until it returns something truthy."""
+    async with asyncio.timeout(within):
+        while True:
+            found = await check()
+            if found:
+                return found
+            await asyncio.sleep(0.05)
 
 
 async def test_status_prints_tables_of_keys_watchers_and_audit_events(
