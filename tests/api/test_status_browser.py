@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import rotor_client
+from rotor.v1 import keys_pb2, token_service_pb2
 
 from .browser import Browser, chromium_or_skip
 from .conftest import MakeRotor
@@ -62,6 +63,24 @@ async def test_the_page_draws_keys_and_watchers_and_follows_a_rotation_without_a
     )
     active = replaced.key.kid
     watchers = [await named_watcher(rotor, name) for name in ("billing", "orders", "search")]
+    keyset = await rotor.key_set()
+    for name, counts in (
+        ("billing", [("OK", active, 1840), ("TOKEN_EXPIRED", active, 12)]),
+        ("orders", [("OK", active, 960), ("TOKEN_EXPIRED", active, 3)]),
+        (
+            "search",
+            [("OK", active, 410), ("UNKNOWN_KEY", first[0].kid, 37)],
+        ),  # missing a key: a broken rollout
+    ):
+        await rotor.tokens.ReportVerifications(
+            token_service_pb2.ReportVerificationsRequest(
+                watcher=name,
+                sequence=keyset.sequence,
+                kids=[k.kid for k in keyset.keys],
+                counts=[keys_pb2.VerificationCount(outcome=o, kid=k, count=n) for o, k, n in counts],
+            ),
+            timeout=10,
+        )
     url = f"http://127.0.0.1:{rotor.server.http_port}/status"
 
     await browser.goto(url, credentials=(ops.client_id, ops.secret))
@@ -83,6 +102,15 @@ async def test_the_page_draws_keys_and_watchers_and_follows_a_rotation_without_a
         "(document.querySelector('#watchers tr[data-watcher=\"billing\"]'))"
     )
     assert "holds" in holds
+    # their verifications over the last 15 minutes: search's unknown keys stand out
+    assert await browser.until(
+        "(r => r && r.classList.contains('unknown-key') && r.textContent)"
+        "(document.querySelector('#watchers tr[data-watcher=\"search\"]'))"
+    )
+    failures = await browser.evaluate(
+        "document.querySelector('#watchers tr[data-watcher=\"search\"] .failures').textContent"
+    )
+    assert failures == "8.3% (8.3% not expiry)", failures
     # the audit events (an admin sees them)
     assert await browser.until("document.querySelectorAll('#audit tbody tr').length")
     assert await browser.until("document.getElementById('live').classList.contains('on')")

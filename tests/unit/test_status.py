@@ -86,6 +86,12 @@ def test_a_watcher_holds_the_active_and_the_pending_key_or_not(
     assert (line.holds_active, line.holds_pending, line.behind) == (active, pending, 2)
 
 
+def test_a_watcher_at_the_newest_event_holds_the_whole_set_before_its_next_report_says_so() -> None:
+    (line,) = status(sighting("billing", 9, {RETIRED.kid, ACTIVE.kid})).watchers
+    assert (line.holds_active, line.holds_pending, line.behind) == (True, True, 0)
+    assert line.kids == (ACTIVE.kid, RETIRED.kid)  # what it said it holds, as it said it
+
+
 def test_with_no_pending_key_holding_it_is_not_a_question() -> None:
     (line,) = status(sighting("billing", 9, {ACTIVE.kid}), keys=(ACTIVE,)).watchers
     assert (line.holds_active, line.holds_pending, line.behind) == (True, None, 0)

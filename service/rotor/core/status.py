@@ -232,9 +232,10 @@ def build_status(
     )
     active = next((k.kid for k in in_set if k.state is KeyState.ACTIVE), None)
     pending = [k.kid for k in in_set if k.state is KeyState.PENDING]
+    current = frozenset(k.kid for k in in_set)
     fleet = tuple(
         sorted(
-            (_watcher_line(w, latest_sequence, active, pending) for w in watchers),
+            (_watcher_line(w, latest_sequence, current, active, pending) for w in watchers),
             key=lambda w: (w.name, w.replica, w.connected_at or 0.0),
         )
     )
@@ -249,11 +250,18 @@ def build_status(
 
 
 def _watcher_line(
-    w: WatcherSighting, latest_sequence: int, active: str | None, pending: Sequence[str]
+    w: WatcherSighting,
+    latest_sequence: int,
+    current: frozenset[str],
+    active: str | None,
+    pending: Sequence[str],
 ) -> WatcherLine:
     outcomes: Counter[str] = Counter()
     for outcome, _kid, count in w.verifications:
         outcomes[outcome] += count
+    # A watcher that has the newest event has the whole current key set (every key event carries
+    # it), even before its next report says so; one that is behind holds what it said it holds.
+    held = w.kids | current if w.sequence >= latest_sequence else w.kids
     return WatcherLine(
         name=w.name,
         replica=w.replica,
@@ -261,8 +269,8 @@ def _watcher_line(
         sequence=w.sequence,
         behind=max(latest_sequence - w.sequence, 0),
         kids=tuple(sorted(w.kids)),
-        holds_active=(active in w.kids) if active is not None else None,
-        holds_pending=all(kid in w.kids for kid in pending) if pending else None,
+        holds_active=(active in held) if active is not None else None,
+        holds_pending=all(kid in held for kid in pending) if pending else None,
         last_report_at=w.last_report_at,
         outcomes=dict(outcomes),
     )
