@@ -16,13 +16,13 @@ import json
 import logging
 import math
 import secrets
+import time
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from rotor.api.auth import CallerAuth, basic_credentials_or_none
-from rotor.api.limits import peer_address
 from rotor.clock import Clock
 from rotor.core import audit, validation
 from rotor.core.errors import AdminRequired, RotorError, TooManyRequests
@@ -39,6 +39,7 @@ REALM = 'Basic realm="rotor status", charset="UTF-8"'
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream (proxies drop silent ones)
 MAX_STREAMS = 256  # open /status/events streams per process; past it the page polls instead
 RETRY_MS = 2000  # how soon a browser reconnects a dropped event stream
+MODEL_TTL = 1.0  # seconds a built model serves again, while no event has come
 
 _HTML = resources.files("rotor.api").joinpath("status.html").read_text(encoding="utf-8")
 _HTTP_STATUS = {
@@ -68,17 +69,31 @@ class StatusPages:
         self._view, self._access, self._keys, self._hub = view, access, keys, hub
         self._auth, self._store, self._clock = auth, store, clock
         self._streams = 0
+        self._models: dict[tuple[str, bool], tuple[int, float, dict[str, Any]]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/status", self.page)
         app.router.add_get("/status.json", self.document)
         app.router.add_get("/status/events", self.events)
 
+    async def _model(self, tenant: str, with_audit: bool) -> dict[str, Any]:
+        """The tenant's model as JSON values; one built less than MODEL_TTL ago serves again while no
+        event has come since (however many browsers poll, the store is read about once a second)."""
+        generation, now = self._hub.generation, time.monotonic()
+        cached = self._models.get((tenant, with_audit))
+        if cached is not None and cached[0] == generation and now - cached[1] < MODEL_TTL:
+            return cached[2]
+        doc = (await self._view.tenant_status(tenant, with_audit=with_audit)).to_dict()
+        if len(self._models) >= 1024:  # as many tenants as that: start again
+            self._models.clear()
+        self._models[tenant, with_audit] = (generation, now, doc)
+        return doc
+
     async def page(self, request: web.Request) -> web.StreamResponse:
         tenant, admin = await self._viewer(request)
-        model = await self._view.tenant_status(tenant, with_audit=admin)
+        model = await self._model(tenant, admin)
         nonce = secrets.token_urlsafe(16)
-        initial = json.dumps(model.to_dict(), separators=(",", ":")).replace("<", "\\u003c")
+        initial = json.dumps(model, separators=(",", ":")).replace("<", "\\u003c")
         body = _HTML.replace("{{nonce}}", nonce).replace("{{initial}}", initial)
         return web.Response(
             text=body,
@@ -97,9 +112,9 @@ class StatusPages:
 
     async def document(self, request: web.Request) -> web.StreamResponse:
         tenant, admin = await self._viewer(request)
-        model = await self._view.tenant_status(tenant, with_audit=admin)
+        model = await self._model(tenant, admin)
         return web.Response(
-            text=json.dumps(model.to_dict(), separators=(",", ":")),
+            text=json.dumps(model, separators=(",", ":")),
             content_type="application/json",
             headers=_NO_STORE,
         )
@@ -136,6 +151,8 @@ class StatusPages:
                     break
                 else:
                     await response.write(b": keepalive\n\n")
+            return response
+        except ConnectionResetError:  # the browser went away
             return response
         finally:
             self._hub.unsubscribe(sub)
@@ -174,7 +191,7 @@ class StatusPages:
                 "the status page needs an admin client's credentials (HTTP Basic: client_id and secret)",
                 {"WWW-Authenticate": REALM},
             )
-        address = peer_address(request.remote or "")
+        address = request.remote or ""
         try:
             client = await self._auth.basic(header, address)
         except TooManyRequests as e:
