@@ -191,7 +191,7 @@ class RotorServer:
         self.metrics.watch_keys(
             lambda: self.keys.tenants, self.keyring.live, self.keyring.has_active, policy, self.clock.now
         )
-        self.metrics.watch_fleet(self.fleet.present, self.fleet.totals)
+        self.metrics.watch_fleet(self.fleet.known, self.fleet.totals, self.keyring.live, self.fleet.latest)
         self.health = health_aio.HealthServicer()
         await self._set_health()
         # The hub first: from here on, a key change by any process reaches the key ring.

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rotor.core import lifecycle
+from rotor.core.fleet import FleetWatcher
 from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import KeyState, SigningKey
 from rotor.store._shared_tx import AUDIT_WRITE_FAILURES
@@ -113,11 +114,13 @@ class Metrics:
 
     def watch_fleet(
         self,
-        present: Callable[[], dict[str, int]],
+        known: Callable[[], Iterable[tuple[FleetWatcher, bool]]],
         totals: Callable[[], Iterable[tuple[str, str, str, int]]],
+        live: Callable[[str], Sequence[SigningKey]],
+        latest: Callable[[str], int],
     ) -> None:
         """Export the fleet view, as this process last read it from the store (every replica's)."""
-        self.registry.register(_FleetCollector(present, totals))
+        self.registry.register(_FleetCollector(known, totals, live, latest))
 
     def observe(self, method: str, code: str, seconds: float | None, reason: str) -> None:
         """One finished RPC (seconds None for streams), labelled with the caller in `caller`."""
@@ -177,10 +180,12 @@ class _FleetCollector(Collector):
 
     def __init__(
         self,
-        present: Callable[[], dict[str, int]],
+        known: Callable[[], Iterable[tuple[FleetWatcher, bool]]],
         totals: Callable[[], Iterable[tuple[str, str, str, int]]],
+        live: Callable[[str], Sequence[SigningKey]],
+        latest: Callable[[str], int],
     ) -> None:
-        self._present, self._totals = present, totals
+        self._known, self._totals, self._live, self._latest = known, totals, live, latest
 
     def collect(self) -> Iterable[Metric]:
         watchers = GaugeMetricFamily(
@@ -188,7 +193,34 @@ class _FleetCollector(Collector):
             "Named watchers of the tenant, on every replica, streaming or reporting.",
             labels=["tenant"],
         )
-        for tenant, count in self._present().items():
+        up = GaugeMetricFamily(
+            "rotor_fleet_watcher_up",
+            "1 while a named watcher streams or reports; 0 once silent for three report intervals "
+            "(listed for a day after).",
+            labels=["tenant", "watcher"],
+        )
+        behind = GaugeMetricFamily(
+            "rotor_fleet_watcher_events_behind",
+            "Events of its tenant a present named watcher has not been sent or applied yet.",
+            labels=["tenant", "watcher"],
+        )
+        missing = GaugeMetricFamily(
+            "rotor_fleet_watcher_missing_keys",
+            "Keys of its tenant's key set (pending, active, retired) a present named watcher does not hold.",
+            labels=["tenant", "watcher"],
+        )
+        counts: dict[str, int] = {}
+        for watcher, present in self._known():
+            tenant = watcher.tenant
+            counts[tenant] = counts.get(tenant, 0) + present
+            up.add_metric([tenant, watcher.name], 1 if present else 0)
+            if present:
+                behind.add_metric([tenant, watcher.name], max(self._latest(tenant) - watcher.sequence, 0))
+                held = set(watcher.kids)
+                missing.add_metric(
+                    [tenant, watcher.name], sum(1 for k in self._live(tenant) if k.kid not in held)
+                )
+        for tenant, count in counts.items():
             watchers.add_metric([tenant], count)
         verifications = CounterMetricFamily(
             "rotor_fleet_verifications",
@@ -196,9 +228,9 @@ class _FleetCollector(Collector):
             "client library's error reason), fleet-wide.",
             labels=["tenant", "watcher", "outcome"],
         )
-        for tenant, watcher, outcome, count in self._totals():
-            verifications.add_metric([tenant, watcher, outcome], count)
-        return [watchers, verifications]
+        for tenant, name, outcome, count in self._totals():
+            verifications.add_metric([tenant, name, outcome], count)
+        return [watchers, up, behind, missing, verifications]
 
 
 class _KeyCollector(Collector):

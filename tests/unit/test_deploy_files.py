@@ -22,6 +22,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rotor.core.errors import RotorError
+from rotor.core.fleet import OUTCOMES, FleetWatcher
 from rotor.core.model import KeyState, SigningKey
 from rotor.metrics import Metrics
 from rotor.v1 import key_admin_pb2, token_service_pb2
@@ -47,6 +48,9 @@ EXPECTED_ALERTS = {
     "RotorNoRotator",
     "RotorErrorRateHigh",
     "RotorDown",
+    "RotorVerifiersUnknownKey",
+    "RotorVerificationFailuresHigh",
+    "RotorWatcherSilent",
 }
 SEVERITIES = {"page", "warning"}
 # docs/runbooks.md, as agreed with its author
@@ -63,6 +67,7 @@ REQUESTED_RUNBOOK_SECTIONS = (
     "The store is unavailable",
     "Rotor is down or failing",
     "Clients fail to authenticate",
+    "Verifiers report unknown keys",
 )
 
 # labels Prometheus attaches to every scraped series, and its one builtin series
@@ -135,6 +140,13 @@ def exported() -> Exported:
     metrics.watch_keys(lambda: ["t"], lambda tenant: (key,), lambda tenant: True, POLICY, lambda: T0 + 60)
     metrics.watch_audit()
     metrics.watch_rotator(lambda: True, lambda: 0)
+    watcher = FleetWatcher("t", "orders", "r1", "", T0, 3, ("k1",), 3, ("k1",), T0 + 60, T0 + 60)
+    metrics.watch_fleet(
+        lambda: [(watcher, True)],
+        lambda: [("t", "orders", "OK", 5), ("t", "orders", "UNKNOWN_KEY", 1)],
+        lambda tenant: (key,),
+        lambda tenant: 4,
+    )
     _exercise(metrics)
     labels: dict[str, frozenset[str]] = dict(BUILTIN_SERIES)
     families: dict[str, set[str]] = {}
@@ -191,7 +203,7 @@ LABEL_VALUES = {
     "code": STATUS_CODES,
     "reason": REASONS,
     "method": METHODS,
-    "outcome": REASONS | {"ok"},
+    "outcome": REASONS | {"ok"} | OUTCOMES,  # the RPC counters', and verifiers' (rotor_fleet_*)
 }
 
 

@@ -12,12 +12,15 @@ import json
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from rotor.v1 import keys_pb2
+
+from rotor_client._stats import VerificationStats
 
 log = logging.getLogger("rotor_client")
 
@@ -78,6 +81,8 @@ class KeyCache:
         self.last_contact: float | None = None  # wall clock, for people
         self._since_prune = 0
         self.on_unknown_kid: Callable[[str], str] = lambda kid: ""
+        # the outcome counts of the verifiers reading this cache, for the watcher's reports
+        self.verifier_stats: weakref.WeakSet[VerificationStats] = weakref.WeakSet()
 
     # -- written by the source ----------------------------------------------------------
 

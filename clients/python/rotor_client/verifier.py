@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from rotor_client._keys import KeyCache, VerificationKey
+from rotor_client._stats import VerificationStats, reportable_kid
 from rotor_client.errors import (
     CertificateMismatch,
     InsufficientScope,
@@ -35,6 +36,7 @@ from rotor_client.errors import (
     KeyRevoked,
     KeySetStale,
     MalformedToken,
+    RotorClientError,
     TokenExpired,
     TokenNotYetValid,
     TokenRevoked,
@@ -184,8 +186,9 @@ def certificate_thumbprint(certificate: PeerCertificate) -> str:
 class Verifier:
     """Verifies Rotor access tokens locally against a watcher's key set.
 
-    `verify` is synchronous, does no I/O and takes no lock: call it per request,
-    from asyncio or from threads.
+    `verify` is synchronous and does no I/O: call it per request, from asyncio or
+    from threads. It counts every outcome (`stats()`); a KeySetWatcher with a
+    `name` reports the counts of the verifiers built on it to Rotor.
     """
 
     def __init__(
@@ -212,6 +215,8 @@ class Verifier:
         self.leeway = leeway
         self._clock = clock
         self._headers: dict[str, tuple[str, str]] = {}  # encoded header -> (kid, alg), checked
+        self._stats = VerificationStats()
+        self._cache.verifier_stats.add(self._stats)  # a named watcher reports them to Rotor
 
     @classmethod
     def from_jwks(
@@ -256,45 +261,62 @@ class Verifier:
         Raises a subclass of InvalidTokenError naming what is wrong, or
         KeySetStale when the key set has not been confirmed for too long.
         """
-        cache = self._cache
-        if time.monotonic() > cache.stale_at:
-            raise KeySetStale(cache.stale_message())
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-            size = len(token) if isinstance(token, str | bytes) else 0
-            raise MalformedToken(
-                f"the token must be a string of at most {MAX_TOKEN_LENGTH} characters (got "
-                f"{type(token).__name__} of length {size}); pass the access token exactly as issued"
-            )
-        if COMPACT_JWS.fullmatch(token) is None:
-            raise MalformedToken(
-                "the token is not a compact JWS (three base64url parts separated by dots); "
-                "pass the access token exactly as issued, without the 'Bearer ' prefix"
-            )
-        header_b64, payload_b64, signature_b64 = token.split(".")
-        checked = self._headers.get(header_b64)
-        kid, alg = checked if checked is not None else self._check_header(header_b64)
-        key = cache.keys.get(kid)
-        if key is None or kid in cache.revoked_kids:
-            raise self._missing_key(cache, kid)
-        if alg != key.alg:
-            raise InvalidSignature(
-                f"the token's header says alg {alg[:20]!r} but key {kid!r} is {key.alg}; "
-                "a key verifies only with its own algorithm, so this token was not issued by Rotor"
-            )
-        if checked is None:
-            if len(self._headers) >= HEADER_CACHE_SIZE:
-                self._headers = {}  # old keys' headers; the live ones come back on next use
-            self._headers[header_b64] = (kid, alg)
-        if not key.verify(f"{header_b64}.{payload_b64}".encode("ascii"), key.public_key, _b64(signature_b64)):
-            raise InvalidSignature(
-                f"the signature does not verify with key {kid!r}: the token was altered or not "
-                "issued by this Rotor; obtain a new token"
-            )
-        claims = _b64_json(payload_b64, "payload")
-        self._check_claims(claims, cache, key)
-        if peer_certificate is not None or "cnf" in claims:
-            self._check_binding(claims, peer_certificate)
+        kid = ""
+        try:
+            cache = self._cache
+            if time.monotonic() > cache.stale_at:
+                raise KeySetStale(cache.stale_message())
+            if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+                size = len(token) if isinstance(token, str | bytes) else 0
+                raise MalformedToken(
+                    f"the token must be a string of at most {MAX_TOKEN_LENGTH} characters (got "
+                    f"{type(token).__name__} of length {size}); pass the access token exactly as issued"
+                )
+            if COMPACT_JWS.fullmatch(token) is None:
+                raise MalformedToken(
+                    "the token is not a compact JWS (three base64url parts separated by dots); "
+                    "pass the access token exactly as issued, without the 'Bearer ' prefix"
+                )
+            header_b64, payload_b64, signature_b64 = token.split(".")
+            checked = self._headers.get(header_b64)
+            kid, alg = checked if checked is not None else self._check_header(header_b64)
+            key = cache.keys.get(kid)
+            if key is None or kid in cache.revoked_kids:
+                raise self._missing_key(cache, kid)
+            if alg != key.alg:
+                raise InvalidSignature(
+                    f"the token's header says alg {alg[:20]!r} but key {kid!r} is {key.alg}; "
+                    "a key verifies only with its own algorithm, so this token was not issued by Rotor"
+                )
+            if checked is None:
+                if len(self._headers) >= HEADER_CACHE_SIZE:
+                    self._headers = {}  # old keys' headers; the live ones come back on next use
+                self._headers[header_b64] = (kid, alg)
+            if not key.verify(
+                f"{header_b64}.{payload_b64}".encode("ascii"), key.public_key, _b64(signature_b64)
+            ):
+                raise InvalidSignature(
+                    f"the signature does not verify with key {kid!r}: the token was altered or not "
+                    "issued by this Rotor; obtain a new token"
+                )
+            claims = _b64_json(payload_b64, "payload")
+            self._check_claims(claims, cache, key)
+            if peer_certificate is not None or "cnf" in claims:
+                self._check_binding(claims, peer_certificate)
+        except RotorClientError as refused:
+            self._stats.add(refused.reason, reportable_kid(kid))
+            raise
+        self._stats.add("OK", kid)
         return Claims(claims)
+
+    def stats(self) -> dict[str, int]:
+        """Every `verify` outcome so far: {"OK": n, "TOKEN_EXPIRED": n, "UNKNOWN_KEY": n, ...}
+        (a failure counts under its exception's `reason`)."""
+        return self._stats.by_outcome()
+
+    def stats_by_kid(self) -> dict[tuple[str, str], int]:
+        """The same, per (outcome, kid of the token's header; "" when it named none)."""
+        return self._stats.by_outcome_and_kid()
 
     # -- the rest ---------------------------------------------------------------------
 

@@ -30,12 +30,14 @@ from types import TracebackType
 from typing import Any, Self
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from rotor.v1 import keys_pb2, token_service_pb2
 from rotor.v1.token_service_pb2_grpc import TokenServiceStub
 
 from rotor_client._keys import KeyCache
 from rotor_client._proto import seconds
+from rotor_client._stats import merged
 from rotor_client.errors import KeySetStale
 
 log = logging.getLogger("rotor_client")
@@ -46,6 +48,21 @@ BACKOFF_MAX = 30.0
 IDLE_TIMEOUT = 50.0  # no message (Rotor sends a heartbeat every 15 s at most) -> the stream is dead
 RPC_TIMEOUT = 10.0
 MIN_POLL_INTERVAL = 1.0
+REPORT_INTERVAL = 10.0  # seconds between a named watcher's verification reports, unless Rotor asks otherwise
+MAX_REPORT_COUNTS = 256  # (outcome, kid) entries per report; the rest go with the next
+MAX_REPORT_KIDS = 64
+
+
+def _retry_after(error: aio.AioRpcError) -> float | None:
+    """The google.rpc.RetryInfo delay Rotor attached to an error, if any."""
+    metadata: Any = error.trailing_metadata() or ()
+    for key, value in metadata:
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                retry = error_details_pb2.RetryInfo()
+                if detail.Unpack(retry):
+                    return float(retry.retry_delay.ToNanoseconds()) / 1e9
+    return None
 
 
 def backoff(failures: int) -> float:
@@ -70,11 +87,17 @@ class KeySetWatcher:
         start_timeout: float = 10.0,
         fetch_cooldown: float = 5.0,
         name: str = "",
+        report_interval: float = REPORT_INTERVAL,
     ) -> None:
         """`name` (metadata x-rotor-watcher) lists this watcher in Rotor's GetRotationStatus, and
-        with activation_requires_ack a new key waits until it has been sent to it."""
+        with activation_requires_ack a new key waits until it has been sent to it. A named watcher
+        also reports, every `report_interval` seconds (or as Rotor asks), the kids it holds, the
+        sequence it applied and the outcome counts of the Verifiers built on it
+        (ReportVerifications)."""
         if max_staleness <= 0:
             raise ValueError("max_staleness must be positive (seconds)")
+        if report_interval <= 0:
+            raise ValueError("report_interval must be positive (seconds)")
         self.target = target
         self.tenant = tenant
         self.poll_only = poll_only
@@ -82,6 +105,8 @@ class KeySetWatcher:
         self.key_cache.on_unknown_kid = self._on_unknown_kid
         self._credentials = channel_credentials
         self._on_change = on_change
+        self.name = name
+        self.report_interval = report_interval
         self._metadata = (*metadata, *((("x-rotor-watcher", name),) if name else ()))
         self._start_timeout = start_timeout
         self._fetch_cooldown = fetch_cooldown
@@ -98,6 +123,8 @@ class KeySetWatcher:
         self._fetch_lock = threading.Lock()  # one unknown-kid fetch at a time, across threads
         self._last_fetch = -math.inf
         self._background: set[asyncio.Task[Any]] = set()
+        self._unsent: dict[tuple[str, str], int] = {}  # counts of a report that did not go through
+        self.reports_sent = 0
 
     # -- what callers read ---------------------------------------------------------------
 
@@ -135,6 +162,12 @@ class KeySetWatcher:
             self._channel = aio.insecure_channel(self.target)
         self._stub = TokenServiceStub(self._channel)
         self._task = asyncio.create_task(self._run(), name=f"rotor key set watcher {self.target}")
+        if self.name:
+            reporting = asyncio.create_task(
+                self._report_loop(), name=f"rotor verification reports {self.name}"
+            )
+            self._background.add(reporting)
+            reporting.add_done_callback(self._background.discard)
         try:
             async with asyncio.timeout(self._start_timeout):
                 await self._ready.wait()
@@ -294,6 +327,63 @@ class KeySetWatcher:
         self._ready.set()
         return True
 
+    # -- reports (named watchers) ---------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        """Report at once once the key set is in, then every interval Rotor asks for."""
+        await self._ready.wait()
+        failures = 0
+        while True:
+            try:
+                delay = await self.report()
+                failures = 0
+            except aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    log.info("Rotor at %s takes no verification reports (an older version)", self.target)
+                    return
+                failures += 1
+                asked = _retry_after(e)
+                delay = asked if asked is not None else min(backoff(failures), self.report_interval)
+                log.log(
+                    logging.INFO if e.code() == grpc.StatusCode.UNAVAILABLE else logging.WARNING,
+                    "verification report to %s failed (%s: %s); retrying in %.1f s",
+                    self.target,
+                    e.code().name,
+                    e.details(),
+                    delay,
+                )
+            await asyncio.sleep(delay)
+
+    async def report(self) -> float:
+        """Send one report now (ReportVerifications); the seconds until the next is due.
+
+        Counts that do not go through are sent with the next report."""
+        assert self._stub is not None
+        taken = merged([self._unsent, *(s.take() for s in list(self.key_cache.verifier_stats))])
+        entries = sorted(taken.items(), key=lambda item: -item[1])
+        sent, self._unsent = dict(entries[:MAX_REPORT_COUNTS]), dict(entries[MAX_REPORT_COUNTS:])
+        request = token_service_pb2.ReportVerificationsRequest(
+            tenant=self.tenant,
+            watcher=self.name,
+            sequence=self._sequence,
+            kids=sorted(self.key_cache.keys)[:MAX_REPORT_KIDS],
+            counts=[
+                keys_pb2.VerificationCount(outcome=outcome, kid=kid, count=count)
+                for (outcome, kid), count in sent.items()
+            ],
+        )
+        try:
+            response = await self._stub.ReportVerifications(
+                request, metadata=self._metadata, timeout=RPC_TIMEOUT
+            )
+        except aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.INVALID_ARGUMENT:  # a report Rotor refuses is not re-sent
+                self._unsent = merged([self._unsent, sent])
+            raise
+        self.reports_sent += 1
+        asked = seconds(response.next_report_in) if response.HasField("next_report_in") else 0.0
+        return asked if asked > 0 else self.report_interval
+
     # -- unknown kids (called by verifiers, from any thread) ------------------------------
 
     def _on_unknown_kid(self, kid: str) -> str:
@@ -352,6 +442,10 @@ class ThreadedKeySetWatcher:
     @property
     def last_update(self) -> float | None:
         return self.watcher.last_update
+
+    def report(self) -> float:
+        """Send one verification report now (see KeySetWatcher.report)."""
+        return asyncio.run_coroutine_threadsafe(self.watcher.report(), self._loop).result()
 
     def close(self) -> None:
         """Stop the watcher and its thread."""

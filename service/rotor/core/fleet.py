@@ -223,6 +223,8 @@ class Fleet:
         self.report_interval = report_interval
         self._max_names = max_names
         self._cache: dict[str, list[FleetWatcher]] = {}  # tenant -> present watchers, as last read
+        self._rows: list[FleetWatcher] = []  # every watcher seen within FORGET_AFTER, as last read
+        self._latest: dict[str, int] = {}  # tenant -> its newest event sequence, as last read
         self._totals: list[tuple[str, str, str, int]] = []
         self._reports: dict[tuple[str, str], FleetWatcher] = {}  # taken here, not yet written
         self._counts: dict[tuple[str, str, float, str, str], int] = {}
@@ -253,9 +255,30 @@ class Fleet:
 
     def present(self) -> dict[str, int]:
         """Present named watchers per tenant, as last read (rotor_fleet_watchers)."""
+        counts: dict[str, int] = {}
+        for watcher, present in self.known():
+            counts[watcher.tenant] = counts.get(watcher.tenant, 0) + present
+        return counts
+
+    def known(self) -> list[tuple[FleetWatcher, bool]]:
+        """Every watcher seen within FORGET_AFTER, of every tenant, and whether it is present, as
+        last read (the per-watcher metrics; a gone watcher stays listed, not present)."""
         now = self._clock.now()
-        tenants = {*self._cache, *(w.tenant for w in self._registry.all())}
-        return {t: len(self._overlay(t, self._cache.get(t, []), now)) for t in sorted(tenants)}
+        tenants = {
+            *(r.tenant for r in self._rows),
+            *(w.tenant for w in self._registry.all()),
+            *(t for t, _ in self._reports),
+        }
+        out: list[tuple[FleetWatcher, bool]] = []
+        for tenant in sorted(tenants):
+            present = {w.name: w for w in self._overlay(tenant, self._cache.get(tenant, []), now)}
+            gone = [r for r in self._rows if r.tenant == tenant and r.name not in present]
+            out += [(r, False) for r in gone] + [(w, True) for w in present.values()]
+        return out
+
+    def latest(self, tenant: str) -> int:
+        """The tenant's newest event sequence, as last read."""
+        return self._latest.get(tenant, 0)
 
     def totals(self) -> list[tuple[str, str, str, int]]:
         """(tenant, watcher, outcome, count) ever reported, as last read (rotor_fleet_verifications_total)."""
@@ -411,13 +434,15 @@ class Fleet:
                 self._restore(batch)
                 raise
         now = self._clock.now()
-        rows = await self._store.fleet_watchers(now - GONE_AFTER * self.report_interval, None, None)
+        rows = await self._store.fleet_watchers(now - FORGET_AFTER, None, None)
         cache: dict[str, list[FleetWatcher]] = {}
         for row in rows:
             if row.present(now, self.report_interval):
                 cache.setdefault(row.tenant, []).append(row)
-        self._cache = cache
+        self._cache, self._rows = cache, rows
         self._totals = await self._store.fleet_totals()
+        tenants = {r.tenant for r in rows} | {w.tenant for w in self._registry.all()}
+        self._latest = {t: await self._store.last_sequence(t) for t in sorted(tenants)}
 
     def _batch(self, final: bool) -> FleetBatch:
         now = self._clock.now()
@@ -489,3 +514,5 @@ class FleetStore(Protocol):
     ) -> list[FleetWatcher]: ...
 
     async def fleet_totals(self) -> list[tuple[str, str, str, int]]: ...
+
+    async def last_sequence(self, tenant: str | None = None) -> int: ...
