@@ -1,7 +1,8 @@
 """The status views see the whole fleet: two replicas on one PostgreSQL store, a watcher on each.
 
 /status.json of either replica, `rotor status` and `rotor drill` list both watchers with their
-replicas; the drill follows the new key to a watcher connected to the other replica.
+replicas and their verifiers' outcomes; the drill follows the new key to a watcher connected to
+the other replica.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from client.test_watcher import foreign_token
 from rotor.app import RotorServer
 from rotor.cli import main
 from rotor.config import ClusterConfig, Config, LimitsConfig, TlsConfig
-from rotor_client import KeySetWatcher
+from rotor_client import KeySetWatcher, UnknownKey, Verifier
 
-from .support import BASE_KEYS, BASE_TOKENS, ISSUER, Credentials, Rotor
+from .support import AUDIENCE, BASE_KEYS, BASE_TOKENS, ISSUER, Credentials, Rotor
 
 POSTGRES = os.environ.get("ROTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REPORT_INTERVAL = 0.5
@@ -97,21 +99,39 @@ async def test_every_replica_shows_every_watcher_and_a_drill_follows_them_all(
 ) -> None:
     a, b = replicas
     ops = await a.add_client("ops", admin=True)
+    svc = await a.add_client("svc-orders")
     expected = {"billing": "replica-a", "orders": "replica-b"}
     watchers = [
-        await KeySetWatcher(a.address, name="billing").start(),
-        await KeySetWatcher(b.address, name="orders").start(),
+        await KeySetWatcher(a.address, name="billing", report_interval=REPORT_INTERVAL).start(),
+        await KeySetWatcher(b.address, name="orders", report_interval=REPORT_INTERVAL).start(),
     ]
     try:
+        async with asyncio.timeout(10):
+            while not all(w.keyset is not None for w in watchers):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        token = (await a.issue(svc, audience=[AUDIENCE])).access_token
+        billing, orders = (Verifier(w, issuer=ISSUER, audience=AUDIENCE) for w in watchers)
+        billing.verify(token)
+        billing.verify(token)
+        orders.verify(token)
+        with pytest.raises(UnknownKey):
+            orders.verify(foreign_token("stranger"))
+        outcomes = {"billing": {"OK": 2}, "orders": {"OK": 1, "UNKNOWN_KEY": 1}}
+
+        def seen(doc: dict[str, Any]) -> dict[str, Any]:
+            return {w["name"]: (w["replica"], w["verifications"]["outcomes"]) for w in doc["watchers"]}
+
+        wanted = {name: (expected[name], outcomes[name]) for name in expected}
         for rotor in (a, b):  # within a few report intervals, each replica sees the other's watcher
             async with asyncio.timeout(30):
-                while True:
-                    if placement(await status_json(rotor, ops)) == expected:
-                        break
+                while seen(await status_json(rotor, ops)) != wanted:  # noqa: ASYNC110
                     await asyncio.sleep(REPORT_INTERVAL / 2)
 
         code, out = await rotor_cli(capsys, ops, "status", "--target", b.address, "--json")
-        assert code == 0 and placement(json.loads(out)) == expected
+        printed = json.loads(out)
+        assert code == 0 and seen(printed) == wanted
+        (line,) = [w for w in printed["watchers"] if w["name"] == "orders"]
+        assert line["verifications"]["other_failure_ratio"] == 0.5 and line["holds_active"] is True
 
         code, out = await rotor_cli(capsys, ops, "drill", "--target", a.address, "--timeout", "30s", "--json")
         report = json.loads(out)
