@@ -34,7 +34,7 @@ from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import DEFAULT_TENANT, Event
 from rotor.core.propagation import WatcherRegistry
 from rotor.core.rotation import Rotator
-from rotor.core.status import StatusView, WatcherSighting, sighting_of
+from rotor.core.status import StatusView
 from rotor.core.tokens import TokenPolicy, TokenService
 from rotor.metrics import Metrics
 from rotor.store import open_store
@@ -276,7 +276,7 @@ class RotorServer:
                 mtls=tls is not None and tls.client_ca is not None,
                 reuse_port=self._reuse_port,  # every worker serves it: each its own /metrics
                 status=StatusPages(
-                    StatusView(self.keys, self.store, self._fleet, self.clock),
+                    StatusView(self.keys, self.store, self.fleet, self.clock),
                     access=config.status_access,
                     keys=self.keys,
                     hub=self.hub,
@@ -289,10 +289,6 @@ class RotorServer:
             self.http_port = await self.http.start(config.http_listen, ssl_context)
             self._running.push_async_callback(self.http.stop)
         await self._set_health()
-
-    async def _fleet(self, tenant: str) -> list[WatcherSighting]:
-        """The tenant's named watchers of every replica, as GetRotationStatus lists them."""
-        return [sighting_of(w) for w in await self.fleet.watchers(tenant)]
 
     def ready(self) -> bool:
         """Whether this server can do its job: not stopping, and every tenant has a key that signs."""

@@ -10,10 +10,10 @@ from the core and the store.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from rotor.clock import Clock
 from rotor.core import lifecycle
@@ -285,7 +285,10 @@ def _ratio(value: float | None) -> float | None:
     return round(value, 4) if value is not None else None
 
 
-FleetSource = Callable[[str], Awaitable[Sequence[WatcherSighting]]]
+class FleetSource(Protocol):
+    """Where the named watchers come from: rotor.core.fleet.Fleet, as GetRotationStatus reads it."""
+
+    async def watchers(self, tenant: str) -> list[FleetWatcher]: ...
 
 
 class StatusView:
@@ -300,7 +303,7 @@ class StatusView:
         """`tenant`'s status (TenantNotFound for an unknown one); the audit events only `with_audit`."""
         keys = await self._keys.list_keys(tenant, include_expired=False)
         latest = await self._store.last_sequence(tenant)
-        watchers = await self._fleet(tenant)
+        watchers = [sighting_of(w) for w in await self._fleet.watchers(tenant)]
         audit = await self.newest_audit(tenant) if with_audit else None
         live = [k for k in keys if k.state.in_key_set]
         return build_status(
