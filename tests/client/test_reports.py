@@ -122,7 +122,7 @@ async def test_counts_of_a_report_that_fails_go_with_the_next(make_rotor: MakeRo
         verifier = Verifier(watcher, issuer=ISSUER, audience=AUDIENCE)
         await until(lambda: watcher.reports_sent == 1, "the first report")
         verifier.verify(token)
-        with pytest.raises(Exception, match="RATE_LIMITED|reported"):
+        with pytest.raises(Exception, match=r"reported .* ago"):
             await watcher.report()  # too soon after the first: refused, the count is kept
         rotor.server.fleet._last_report.clear()  # as if the interval had passed
         await watcher.report()

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import pytest
 from rotor.core.audit import GENESIS, ChainVerifier, entry_hash
+from rotor.core.fleet import FORGET_AFTER, FleetBatch, FleetWatcher, VerificationCount
 from rotor.core.model import (
     AuditEntry,
     Client,
@@ -869,6 +870,8 @@ READS: dict[str, Callable[[Store], Awaitable[object]]] = {
     "last_sequence_of_tenant": lambda s: s.last_sequence(""),
     "events_after": lambda s: s.events_after(0),
     "pruned_through": lambda s: s.pruned_through(),
+    "fleet_watchers": lambda s: s.fleet_watchers(0.0, 0.0, ""),
+    "fleet_totals": lambda s: s.fleet_totals(),
 }
 
 
@@ -1088,3 +1091,113 @@ class TestAuditLog:
         with pytest.raises(StoreError):
             async with store.transaction() as tx:
                 await tx.append_audit(T0, "ops", "lost", "x", "success", "", "{}")
+
+
+# -- the fleet view --------------------------------------------------------------------------
+
+
+def a_watcher(
+    name: str, replica: str = "r1", *, tenant: str = "", at: float = T0, streaming: bool = True, **fields: Any
+) -> FleetWatcher:
+    values: dict[str, Any] = {
+        "tenant": tenant,
+        "name": name,
+        "replica": replica,
+        "peer": "ipv4:10.0.0.7:5000" if streaming else "",
+        "connected_at": at if streaming else None,
+        "sent_sequence": 3 if streaming else 0,
+        "sent_kids": ("k1", "k2") if streaming else (),
+        "reported_sequence": 0,
+        "reported_kids": (),
+        "last_seen": at,
+        "last_report_at": None,
+    }
+    return FleetWatcher(**(values | fields))
+
+
+async def test_fleet_watchers_are_written_in_batches_and_read_back(store: Store) -> None:
+    await store.write_fleet(
+        FleetBatch(streams=[a_watcher("orders"), a_watcher("billing", tenant="acme")], replica="r1", now=T0)
+    )
+    (orders,) = await store.fleet_watchers(T0 - 1, T0 - 900, "")
+    assert orders == a_watcher("orders")
+    everyone = await store.fleet_watchers(T0 - 1, None, None)
+    assert [(w.tenant, w.name) for w in everyone] == [("", "orders"), ("acme", "billing")]
+    assert await store.fleet_watchers(T0 + 1, None, None) == [], "none seen since"
+
+
+async def test_a_report_updates_what_a_watcher_holds_and_keeps_its_streams_replica(store: Store) -> None:
+    await store.write_fleet(FleetBatch(streams=[a_watcher("orders", "r1")], replica="r1", now=T0))
+    report = a_watcher(
+        "orders",
+        "r2",
+        at=T0 + 5,
+        streaming=False,
+        reported_sequence=4,
+        reported_kids=("k2", "k3"),
+        last_report_at=T0 + 5,
+    )
+    await store.write_fleet(FleetBatch(reports=[report], replica="r2", now=T0 + 5))
+    (orders,) = await store.fleet_watchers(T0, None, "")
+    assert orders.replica == "r1" and orders.connected_at == T0, "the stream's replica stays"
+    assert (orders.reported_sequence, orders.reported_kids, orders.last_report_at) == (
+        4,
+        ("k2", "k3"),
+        T0 + 5,
+    )
+    assert orders.sent_kids == ("k1", "k2") and orders.last_seen == T0 + 5
+
+
+async def test_a_closed_stream_is_marked_only_on_its_own_replica(store: Store) -> None:
+    await store.write_fleet(
+        FleetBatch(streams=[a_watcher("orders", "r2", at=T0 + 1)], replica="r2", now=T0 + 1)
+    )
+    await store.write_fleet(FleetBatch(closed=[("", "orders")], replica="r1", now=T0 + 2))
+    (orders,) = await store.fleet_watchers(T0, None, "")
+    assert orders.connected_at == T0 + 1, "r1's stream ended; the watcher streams from r2 now"
+    await store.write_fleet(FleetBatch(closed=[("", "orders")], replica="r2", now=T0 + 3))
+    (orders,) = await store.fleet_watchers(T0, None, "")
+    assert orders.connected_at is None and orders.last_seen == T0 + 3
+
+
+async def test_counts_add_up_per_minute_and_in_the_running_totals(store: Store) -> None:
+    await store.write_fleet(FleetBatch(streams=[a_watcher("orders")], replica="r1", now=T0))
+    for bucket, count in ((T0 - 1200, 5), (T0 - 60, 2), (T0, 3)):
+        batch = FleetBatch(
+            counts=[("", "orders", bucket, "OK", "k1", count), ("", "orders", bucket, "UNKNOWN_KEY", "x", 1)]
+        )
+        await store.write_fleet(replace(batch, replica="r1", now=T0))
+    (orders,) = await store.fleet_watchers(T0 - 1, T0 - 900, "")
+    assert sorted(orders.verifications, key=lambda c: c.outcome) == [
+        VerificationCount("OK", "k1", 5),
+        VerificationCount("UNKNOWN_KEY", "x", 2),
+    ], "only the minutes since counts_since"
+    assert await store.fleet_totals() == [("", "orders", "OK", 10), ("", "orders", "UNKNOWN_KEY", 3)]
+
+
+async def test_pruning_drops_old_minutes_and_forgotten_watchers_with_their_totals(store: Store) -> None:
+    old, recent = a_watcher("old", at=T0 - FORGET_AFTER - 10), a_watcher("recent", at=T0)
+    batch = FleetBatch(
+        streams=[old, recent],
+        counts=[
+            ("", "old", T0 - 3600, "OK", "", 1),
+            ("", "recent", T0 - 3600, "OK", "", 1),
+            ("", "recent", T0, "OK", "", 1),
+        ],
+        replica="r1",
+        now=T0,
+    )
+    await store.write_fleet(batch)
+    await store.write_fleet(FleetBatch(replica="r1", now=T0, prune=True))
+    assert [w.name for w in await store.fleet_watchers(0.0, None, "")] == ["recent"]
+    (recent_row,) = await store.fleet_watchers(0.0, 0.0, "")
+    assert recent_row.verifications == (VerificationCount("OK", "", 1),), "the hour-old minute is gone"
+    assert await store.fleet_totals() == [("", "recent", "OK", 2)], (
+        "totals outlive the window, not the watcher"
+    )
+
+
+async def test_two_instances_see_each_others_fleet_writes(store: Store, open_store: OpenStore) -> None:
+    other = await open_store()
+    await other.write_fleet(FleetBatch(streams=[a_watcher("orders", "r2")], replica="r2", now=T0))
+    assert [w.replica for w in await store.fleet_watchers(T0 - 1, None, "")] == ["r2"]
