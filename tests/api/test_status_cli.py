@@ -32,13 +32,21 @@ async def rotor(make_rotor: MakeRotor) -> Rotor:
     return await make_rotor(http_listen="127.0.0.1:0")
 
 
+def run_main(argv: list[str]) -> int:
+    """`rotor ARGV...`'s exit status, also when argparse exits (its message is on stderr)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
 async def rotor_cli(
     capsys: pytest.CaptureFixture[str], admin: Credentials, *argv: str
 ) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of `rotor ARGV... --client-id --client-secret`."""
     capsys.readouterr()
     code = await asyncio.to_thread(
-        main, [*argv, "--client-id", admin.client_id, "--client-secret", admin.secret]
+        run_main, [*argv, "--client-id", admin.client_id, "--client-secret", admin.secret]
     )
     out, err = capsys.readouterr()
     assert "Traceback" not in err, err

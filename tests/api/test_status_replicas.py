@@ -80,10 +80,18 @@ async def status_json(rotor: Rotor, admin: Credentials) -> dict[str, Any]:
         return doc
 
 
+def run_main(argv: list[str]) -> int:
+    """`rotor ARGV...`'s exit status, also when argparse exits (its message is on stderr)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
 async def rotor_cli(capsys: pytest.CaptureFixture[str], admin: Credentials, *argv: str) -> tuple[int, str]:
     capsys.readouterr()
     code = await asyncio.to_thread(
-        main, [*argv, "--client-id", admin.client_id, "--client-secret", admin.secret]
+        run_main, [*argv, "--client-id", admin.client_id, "--client-secret", admin.secret]
     )
     out, err = capsys.readouterr()
     assert "Traceback" not in err, err
