@@ -36,6 +36,8 @@ const IDLE_TIMEOUT_MS = 50_000; // no message for this long (heartbeats come eve
 const RPC_TIMEOUT_MS = 10_000;
 const PRUNE_EVERY = 512; // revocations between sweeps of expired jtis
 const PRUNE_GRACE_S = 300;
+const MAX_REPORT_COUNTS = 256; // (outcome, kid) entries per report; the rest go with the next
+const MAX_REPORT_KIDS = 64;
 
 /** Milliseconds to wait after `failures` consecutive failures: exponential, capped, jittered in its upper half. */
 export function backoff(failures) {
@@ -54,6 +56,55 @@ export function loadTokenService(protoDir = PROTO_DIR) {
     oneofs: true,
   });
   return grpc.loadPackageDefinition(definition).rotor.v1.TokenService;
+}
+
+/** The google.rpc.RetryInfo delay (seconds) Rotor attached to an error, if any. */
+function retryAfter(err) {
+  const raw = err?.metadata?.get?.('grpc-status-details-bin')?.[0];
+  if (!raw) return null;
+  // google.rpc.Status{details: [Any{type_url, value}]}: RetryInfo{retry_delay: Duration{seconds, nanos}}.
+  // A hand-rolled read of the few fields needed, rather than a second proto toolchain.
+  for (const any of fields(raw).filter(([n]) => n === 3)) {
+    const parts = fields(any[1]);
+    const url = parts.find(([n]) => n === 1)?.[1]?.toString();
+    const value = parts.find(([n]) => n === 2)?.[1];
+    if (url?.endsWith('google.rpc.RetryInfo') && value) {
+      const delay = fields(value).find(([n]) => n === 1)?.[1];
+      if (!delay) return 0;
+      const d = fields(delay);
+      return Number(d.find(([n]) => n === 1)?.[1] ?? 0) + Number(d.find(([n]) => n === 2)?.[1] ?? 0) / 1e9;
+    }
+  }
+  return null;
+}
+
+/** The top-level fields of a protobuf message: [number, value] (varints as numbers, the rest as Buffers). */
+function fields(buffer) {
+  const out = [];
+  let i = 0;
+  const varint = () => {
+    let value = 0;
+    let shift = 0;
+    for (;;) {
+      const byte = buffer[i++];
+      value += (byte & 0x7f) * 2 ** shift;
+      if (byte < 0x80) return value;
+      shift += 7;
+    }
+  };
+  while (i < buffer.length) {
+    const tag = varint();
+    const [number, wire] = [Math.floor(tag / 8), tag % 8];
+    if (wire === 0) out.push([number, varint()]);
+    else if (wire === 2) {
+      const length = varint();
+      out.push([number, buffer.subarray(i, i + length)]);
+      i += length;
+    } else if (wire === 1) i += 8;
+    else if (wire === 5) i += 4;
+    else break;
+  }
+  return out;
 }
 
 const seconds = (ts) => (ts ? Number(ts.seconds) + ts.nanos / 1e9 : 0);
@@ -84,6 +135,9 @@ export class KeySetWatcher extends EventEmitter {
    * @param {Record<string, string>} [options.metadata] sent with every call (a watcher may authenticate)
    * @param {string} [options.protoDir] where rotor/v1/*.proto live
    * @param {{info: Function, warn: Function}} [options.logger] default: console
+   * @param {string} [options.name] lists this watcher in Rotor's fleet view (metadata x-rotor-watcher),
+   *   and makes it report its verifiers' outcomes, the kids it holds and its sequence (ReportVerifications)
+   * @param {number} [options.reportInterval] seconds between reports, unless Rotor asks otherwise (10)
    *
    * Emits 'change' (the KeyEvent, after it is applied), 'connected' and 'disconnected' (a reason).
    */
@@ -98,8 +152,17 @@ export class KeySetWatcher extends EventEmitter {
       metadata = {},
       protoDir = PROTO_DIR,
       logger = console,
+      name = '',
+      reportInterval = 10,
     } = options;
     if (!(maxStaleness > 0)) throw new RangeError('maxStaleness must be a positive number of seconds');
+    if (!(reportInterval > 0)) throw new RangeError('reportInterval must be a positive number of seconds');
+    this.name = name;
+    this.reportInterval = reportInterval;
+    /** @type {Set<import('./verify.mjs').Verifier>} the verifiers built on this watcher, whose outcomes it reports */
+    this.verifiers = new Set();
+    this.reportsSent = 0;
+    this._unsent = []; // counts of a report that did not go through
     this.target = target;
     this.tenant = tenant;
     this.maxStaleness = maxStaleness;
@@ -118,7 +181,7 @@ export class KeySetWatcher extends EventEmitter {
     this.lastUpdate = null; // Date.now() of Rotor's last word, for people
     this._startTimeout = startTimeout * 1000;
     this._fetchCooldown = fetchCooldown * 1000;
-    this._metadata = metadata;
+    this._metadata = name ? { ...metadata, 'x-rotor-watcher': name } : metadata;
     const TokenService = loadTokenService(protoDir);
     this._client = new TokenService(target, credentials, {
       'grpc.initial_reconnect_backoff_ms': 200,
@@ -175,6 +238,7 @@ export class KeySetWatcher extends EventEmitter {
     this._ready = new Promise((resolve) => (resolveReady = resolve));
     this._resolveReady = resolveReady;
     this._loop = this._run();
+    if (this.name) this._reporting = this._reportLoop();
     let timer;
     const timeout = new Promise((_, reject) => {
       timer = setTimeout(
@@ -204,7 +268,10 @@ export class KeySetWatcher extends EventEmitter {
     this._closed = true;
     this._call?.cancel();
     this._wake?.();
+    this._wakeReport?.();
+    this._resolveReady?.(); // a report loop still waiting for the first key set ends too
     await this._loop?.catch(() => {});
+    await this._reporting?.catch(() => {});
     this._client.close();
     this._connected = false;
   }
@@ -364,6 +431,73 @@ export class KeySetWatcher extends EventEmitter {
       return false;
     } finally {
       this._fetching = false;
+    }
+  }
+
+  // -- reports (named watchers) -----------------------------------------------------------------
+
+  async _reportLoop() {
+    await this._ready;
+    let failures = 0;
+    while (!this._closed) {
+      let delay;
+      try {
+        delay = await this.report();
+        failures = 0;
+      } catch (err) {
+        if (err.code === grpc.status.UNIMPLEMENTED) {
+          this.log.info(`rotor: Rotor at ${this.target} takes no verification reports (an older version)`);
+          return;
+        }
+        failures += 1;
+        delay = retryAfter(err) ?? Math.min(backoff(failures) / 1000, this.reportInterval);
+        this.log.warn(`rotor: verification report to ${this.target} failed (${err.details ?? err.message}); retrying in ${delay.toFixed(1)} s`);
+      }
+      if (this._closed) break;
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, delay * 1000);
+        this._wakeReport = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  }
+
+  /** Send one report now; resolves with the seconds until the next is due. Counts that do not go through go with the next. */
+  async report() {
+    const merged = new Map();
+    for (const part of [this._unsent, ...[...this.verifiers].map((v) => v.takeUnreported())]) {
+      for (const { outcome, kid, count } of part) {
+        const key = `${outcome} ${kid}`;
+        merged.set(key, { outcome, kid, count: (merged.get(key)?.count ?? 0) + count });
+      }
+    }
+    const entries = [...merged.values()].sort((a, b) => b.count - a.count);
+    const sent = entries.slice(0, MAX_REPORT_COUNTS);
+    this._unsent = entries.slice(MAX_REPORT_COUNTS);
+    const request = {
+      tenant: this.tenant,
+      watcher: this.name,
+      sequence: this._sequence.toString(),
+      kids: [...this.keys.keys()].sort().slice(0, MAX_REPORT_KIDS),
+      counts: sent.map(({ outcome, kid, count }) => ({ outcome, kid, count: String(count) })),
+    };
+    try {
+      const response = await new Promise((resolve, reject) => {
+        this._client.ReportVerifications(
+          request,
+          this._grpcMetadata(),
+          { deadline: Date.now() + RPC_TIMEOUT_MS },
+          (err, answer) => (err ? reject(err) : resolve(answer)),
+        );
+      });
+      this.reportsSent += 1;
+      const asked = seconds(response.next_report_in);
+      return asked > 0 ? asked : this.reportInterval;
+    } catch (err) {
+      if (err.code !== grpc.status.INVALID_ARGUMENT) this._unsent = [...sent, ...this._unsent]; // a refused report is not re-sent
+      throw err;
     }
   }
 

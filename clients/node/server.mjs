@@ -33,6 +33,8 @@ const TENANT = process.env.TENANT ?? '';
 const HOST = process.env.HOST || '127.0.0.1';
 const PORT = Number(process.env.PORT ?? 8080);
 const MAX_STALENESS = Number(process.env.MAX_STALENESS || 300);
+const WATCHER_NAME = process.env.WATCHER_NAME ?? ''; // a name lists this service in Rotor's fleet view, with its verification counts
+const REPORT_INTERVAL = Number(process.env.REPORT_INTERVAL || 10);
 
 function send(res, status, body, headers = {}) {
   const text = JSON.stringify(body);
@@ -57,7 +59,12 @@ function reject(res, reason, message) {
 }
 
 async function main() {
-  const watcher = await new KeySetWatcher(ROTOR, { tenant: TENANT, maxStaleness: MAX_STALENESS }).start();
+  const watcher = await new KeySetWatcher(ROTOR, {
+    tenant: TENANT,
+    maxStaleness: MAX_STALENESS,
+    name: WATCHER_NAME,
+    reportInterval: REPORT_INTERVAL,
+  }).start();
   const verifier = new Verifier(watcher, { issuer: ISSUER, audience: AUDIENCE });
 
   const server = http.createServer(async (req, res) => {

@@ -33,6 +33,22 @@ export class TokenError extends Error {
   }
 }
 
+const MAX_SERIES = 256; // (outcome, kid) pairs counted per verifier; past it, new kids count under ""
+const MAX_KID = 128; // longer (or unprintable) kids, as a forged token may carry, count under ""
+
+/** The header's kid, if the token has a readable one ("" otherwise): for counting only. */
+function kidOf(token) {
+  if (typeof token !== 'string' || token.length > MAX_TOKEN_LENGTH) return '';
+  try {
+    const kid = JSON.parse(Buffer.from(token.slice(0, token.indexOf('.')), 'base64url').toString('utf8'))?.kid;
+    return typeof kid === 'string' ? kid : '';
+  } catch {
+    return '';
+  }
+}
+
+const countableKid = (kid) => (kid.length <= MAX_KID && /^[\x21-\x7e]*$/.test(kid) ? kid : '');
+
 const utc = (seconds) => new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z');
 const short = (value, n) => String(value).slice(0, n);
 
@@ -70,10 +86,54 @@ export class Verifier {
     this.audiences = audiences;
     this.requiredScopes = [...requiredScopes];
     this.leeway = leeway;
+    /** @type {Map<string, number>} `${outcome} ${kid}` -> count, cumulative */
+    this._counts = new Map();
+    /** @type {Map<string, number>} the same, not yet reported by the watcher */
+    this._unreported = new Map();
+    watcher.verifiers?.add(this); // a named watcher reports the counts to Rotor
+  }
+
+  /** Every `verify` outcome so far: { OK: n, TOKEN_EXPIRED: n, UNKNOWN_KEY: n, ... }. */
+  stats() {
+    const out = {};
+    for (const [key, count] of this._counts) {
+      const outcome = key.slice(0, key.indexOf(' '));
+      out[outcome] = (out[outcome] ?? 0) + count;
+    }
+    return out;
+  }
+
+  /** The counts not yet reported, as [{outcome, kid, count}], and start anew (KeySetWatcher's reports). */
+  takeUnreported() {
+    const taken = [...this._unreported].map(([key, count]) => {
+      const at = key.indexOf(' ');
+      return { outcome: key.slice(0, at), kid: key.slice(at + 1), count };
+    });
+    this._unreported = new Map();
+    return taken;
+  }
+
+  _count(outcome, kid) {
+    let key = `${outcome} ${countableKid(kid)}`;
+    if (!this._counts.has(key) && this._counts.size >= MAX_SERIES) key = `${outcome} `;
+    this._counts.set(key, (this._counts.get(key) ?? 0) + 1);
+    this._unreported.set(key, (this._unreported.get(key) ?? 0) + 1);
   }
 
   /** The token's claims (plus `scopes`, an array) if Rotor issued it for this service and it is still good. */
   async verify(token) {
+    const kid = kidOf(token);
+    try {
+      const claims = await this._verify(token);
+      this._count('OK', kid);
+      return claims;
+    } catch (err) {
+      if (err instanceof TokenError) this._count(err.reason, kid);
+      throw err;
+    }
+  }
+
+  async _verify(token) {
     const watcher = this.watcher;
     if (watcher.isStale()) throw new TokenError('KEY_SET_STALE', watcher.staleMessage());
     if (typeof token !== 'string' || token.length > MAX_TOKEN_LENGTH) {

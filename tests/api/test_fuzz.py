@@ -43,7 +43,8 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from rotor.app import MAX_MESSAGE, RotorServer
 from rotor.config import Config, TenantConfig
 from rotor.core.clients import register_client
-from rotor.v1 import key_admin_pb2, token_service_pb2
+from rotor.core.fleet import OUTCOMES
+from rotor.v1 import key_admin_pb2, keys_pb2, token_service_pb2
 
 from .support import BASE_KEYS, BASE_TOKENS, ISSUER, status_error_info
 
@@ -408,6 +409,26 @@ METHODS = [
         token_service_pb2.WatchKeyRotationsRequest,
         fields(tenant=TENANTS, after_sequence=UINT64),
         streaming=True,
+    ),
+    Method(
+        "TokenService",
+        "ReportVerifications",
+        token_service_pb2.ReportVerificationsRequest,
+        fields(
+            tenant=TENANTS,
+            watcher=text(),
+            sequence=UINT64,
+            kids=repeated(),
+            counts=st.lists(
+                st.builds(
+                    keys_pb2.VerificationCount,
+                    outcome=st.one_of(st.sampled_from(sorted(OUTCOMES)), text()),
+                    kid=text(),
+                    count=UINT64,
+                ),
+                max_size=300,
+            ),
+        ),
     ),
     Method(
         "KeyAdmin",

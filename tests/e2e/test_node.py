@@ -107,9 +107,11 @@ class Stack:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def start_node(node: str, rotor: RotorProcess, log_path: pathlib.Path) -> tuple[subprocess.Popen[str], str]:
+def start_node(
+    node: str, rotor: RotorProcess, log_path: pathlib.Path, **extra_env: str
+) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROTOR")}
-    env.update(ROTOR=rotor.address, ROTOR_ISSUER=ISSUER, AUDIENCE=AUDIENCE, PORT="0", TENANT="")
+    env.update(ROTOR=rotor.address, ROTOR_ISSUER=ISSUER, AUDIENCE=AUDIENCE, PORT="0", TENANT="", **extra_env)
     with open(log_path, "ab") as stderr:
         proc = subprocess.Popen(
             [node, "server.mjs"], cwd=NODE_DIR, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True

@@ -365,7 +365,7 @@ class KeySetWatcher:
         request = token_service_pb2.ReportVerificationsRequest(
             tenant=self.tenant,
             watcher=self.name,
-            sequence=self._sequence,
+            sequence=max(self._sequence, self.key_cache.keyset_sequence),  # a poller applies key sets only
             kids=sorted(self.key_cache.keys)[:MAX_REPORT_KIDS],
             counts=[
                 keys_pb2.VerificationCount(outcome=outcome, kid=kid, count=count)
