@@ -239,3 +239,68 @@ async def test_reports_show_in_the_fleet_metrics(fleet_rotor: Rotor) -> None:
             if all(found.get(k) == v for k, v in wanted.items()):
                 break
             await asyncio.sleep(0.05)
+
+
+# -- two replicas' Fleet views over one store (no server: the ack gate's and the views' logic) --
+
+
+@pytest.fixture
+async def two_replicas(tmp_path: Any) -> Any:
+    from rotor.core.fleet import Fleet
+    from rotor.core.propagation import WatcherRegistry
+    from rotor.store.sqlite import SqliteStore
+
+    clock = FakeClock(start=1_800_000_000.0)
+    stores = [await SqliteStore.open(tmp_path / "rotor.db") for _ in range(2)]
+    registries = [WatcherRegistry(), WatcherRegistry()]
+    fleets = [
+        Fleet(store, clock, registry, replica=name, report_interval=10.0)
+        for store, registry, name in zip(stores, registries, ("a", "b"), strict=True)
+    ]
+    yield clock, registries, fleets
+    for store in stores:
+        await store.close()
+
+
+async def test_the_ack_gate_sees_a_watcher_streaming_from_another_replica(two_replicas: Any) -> None:
+    clock, (registry_a, _), (fleet_a, fleet_b) = two_replicas
+    with registry_a.track("orders", "ipv4:10.0.0.7:5000", "", clock.now()) as stream:
+        registry_a.sent(stream, 5, ["k1"])
+        assert fleet_a.unacknowledged("", "k2") == ["orders"], "its own stream, at once"
+        assert fleet_b.unacknowledged("", "k2") == [], "replica b has not read the store yet"
+        await fleet_a.sync()
+        await fleet_b.sync()
+        assert fleet_b.unacknowledged("", "k2") == ["orders"]
+        assert fleet_b.unacknowledged("", "k1") == []
+        (seen,) = await fleet_b.watchers("")
+        assert (seen.replica, seen.connected_at, seen.sent_sequence) == ("a", clock.now(), 5)
+        registry_a.sent(stream, 6, ["k1", "k2"])
+        await fleet_a.sync()  # not yet due: a stream's row is refreshed once per report interval
+        await fleet_b.sync()
+        assert fleet_b.unacknowledged("", "k2") == ["orders"]
+        clock.advance(10.0)
+        await fleet_a.sync()
+        await fleet_b.sync()
+        assert fleet_b.unacknowledged("", "k2") == []
+    await fleet_a.sync()  # the stream ended: written at once
+    await fleet_b.sync()
+    assert await fleet_b.watchers("") == [] and fleet_b.unacknowledged("", "k3") == []
+
+
+async def test_a_watcher_reporting_to_one_replica_holds_keys_for_the_other(two_replicas: Any) -> None:
+    from rotor.core.fleet import check_report
+
+    clock, _, (fleet_a, fleet_b) = two_replicas
+    fleet_a.report(check_report("", "poller", 4, ["k1", "k2"], [("OK", "k1", 3)]))
+    assert [w.name for w in await fleet_a.watchers("")] == ["poller"], "a report shows at once where taken"
+    await fleet_a.sync()
+    await fleet_b.sync()
+    (seen,) = await fleet_b.watchers("")
+    assert (seen.replica, seen.kids, seen.sequence, seen.connected_at) == ("a", ("k1", "k2"), 4, None)
+    assert [(c.outcome, c.kid, c.count) for c in seen.verifications] == [("OK", "k1", 3)]
+    assert fleet_b.unacknowledged("", "k2") == [] and fleet_b.unacknowledged("", "k3") == ["poller"]
+    assert dict(fleet_b.present()) == {"": 1}
+    clock.advance(30.0)  # three report intervals without a word
+    await fleet_b.sync()
+    assert await fleet_b.watchers("") == [] and fleet_b.unacknowledged("", "k3") == []
+    assert [(w.name, present) for w, present in fleet_b.known()] == [("poller", False)]
