@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml hatch_build.py
 # and fails in CI without it). One `SYSTEM_PACKAGES += NAME` line per package, with why.
 SYSTEM_PACKAGES :=
 SYSTEM_PACKAGES += curl  # the README's "Getting tokens over HTTP" lines, run as pasted (tests/e2e/test_readme.py)
+SYSTEM_PACKAGES += chromium  # the status page test drives a real headless browser (DevTools protocol)
 
 ## system-packages: install the Debian packages the tests need (apt-get, as root; CI runs it)
 system-packages:

@@ -23,6 +23,7 @@ from rotor.api.http import HttpSide, KeySetSource
 from rotor.api.limits import AuthBackoff, RateLimiter, WatcherLimits
 from rotor.api.oauth import OAuthEndpoints
 from rotor.api.servicers import HEARTBEAT_INTERVAL, KeyAdminServicer, KeySetCache, TokenServicer
+from rotor.api.status_page import StatusPages
 from rotor.clock import Clock, SystemClock
 from rotor.config import Config
 from rotor.core.audit import RefusalBudget
@@ -35,6 +36,7 @@ from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import DEFAULT_TENANT, Event
 from rotor.core.propagation import WatcherRegistry
 from rotor.core.rotation import Rotator
+from rotor.core.status import StatusView
 from rotor.core.tokens import TokenPolicy, TokenService
 from rotor.metrics import Metrics
 from rotor.store import open_store
@@ -292,6 +294,15 @@ class RotorServer:
                     self.clock,
                     self.metrics,
                     mtls=tls is not None and tls.client_ca is not None,
+                ),
+                status=StatusPages(
+                    StatusView(self.keys, self.store, self.fleet, self.clock),
+                    access=config.status_access,
+                    keys=self.keys,
+                    hub=self.hub,
+                    auth=auth,
+                    store=self.store,
+                    clock=self.clock,
                 ),
             )
             ssl_context = tls.ssl_context(config.tls) if tls is not None else None

@@ -651,6 +651,305 @@ def cmd_keys_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- status and drill (over gRPC) ------------------------------------------------
+
+
+class _AdminSession:
+    """One channel to the server for several admin calls (`rotor status`, `rotor drill`), with the
+    credentials and target `rotor keys` takes."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        client_id = args.client_id or os.environ.get("ROTOR_CLIENT_ID", "")
+        secret = args.client_secret or os.environ.get("ROTOR_CLIENT_SECRET", "")
+        if not client_id or not secret:
+            raise CliError(
+                "admin credentials needed: --client-id/--client-secret or ROTOR_CLIENT_ID/ROTOR_CLIENT_SECRET"
+            )
+        basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+        self._metadata = (("authorization", f"Basic {basic}"),)
+        self._channel = _channel(args, args.target or load_config(args.config).listen)
+
+    def __enter__(self) -> _AdminSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._channel.close()
+
+    def call(self, method: str, request: Any) -> Any:
+        """KeyAdmin/`method`; CliError naming the status when it fails."""
+        from rotor.v1 import key_admin_pb2_grpc
+
+        return self._call(key_admin_pb2_grpc.KeyAdminStub(self._channel), method, request)
+
+    def key_set(self, tenant: str) -> Any:
+        from rotor.v1 import token_service_pb2, token_service_pb2_grpc
+
+        stub = token_service_pb2_grpc.TokenServiceStub(self._channel)
+        return self._call(stub, "GetKeySet", token_service_pb2.GetKeySetRequest(tenant=tenant))
+
+    def _call(self, stub: Any, method: str, request: Any) -> Any:
+        import grpc
+
+        try:
+            return getattr(stub, method)(request, metadata=self._metadata, timeout=30)
+        except grpc.RpcError as e:
+            raise CliError(f"{method} failed: {e.code().name}: {e.details()}") from None
+
+
+AUDIT_LOOKBACK = (3600.0, 86400.0, 30 * 86400.0, None)  # ever wider windows for the newest entries
+
+
+def _newest_audit(session: _AdminSession, tenant: str) -> list[Any]:
+    """The tenant's newest audit entries (ListAuditEvents pages oldest first: look back ever further)."""
+    from rotor.api import convert
+    from rotor.core.status import AUDIT_SHOWN
+    from rotor.v1 import key_admin_pb2
+
+    now = datetime.now(UTC).timestamp()
+    found: list[Any] = []
+    for lookback in AUDIT_LOOKBACK:
+        found, token = [], ""
+        while True:
+            request = key_admin_pb2.ListAuditEventsRequest(tenant=tenant, page_size=1000, page_token=token)
+            if lookback is not None:
+                request.since.CopyFrom(convert.timestamp(now - lookback))
+            page = session.call("ListAuditEvents", request)
+            # the default tenant's "" asks for every tenant's entries: keep its own
+            found += [convert.audit_entry_of(e) for e in page.events if e.tenant == tenant]
+            found = found[-AUDIT_SHOWN:]
+            token = page.next_page_token
+            if not token:
+                break
+        if len(found) >= AUDIT_SHOWN:
+            break
+    return found
+
+
+def _remote_status(session: _AdminSession, tenant: str) -> Any:
+    """The tenant's status model (rotor.core.status), from GetRotationStatus, ListKeys,
+    ListAuditEvents and GetKeySet: what /status.json shows."""
+    from rotor.api import convert
+    from rotor.core.status import build_status
+    from rotor.v1 import key_admin_pb2
+
+    rotation = session.call("GetRotationStatus", key_admin_pb2.GetRotationStatusRequest(tenant=tenant))
+    listed = session.call("ListKeys", key_admin_pb2.ListKeysRequest(tenant=tenant))
+    keyset = session.key_set(tenant)
+    audit = _newest_audit(session, tenant)
+    return build_status(
+        tenant,
+        now=datetime.now(UTC).timestamp(),
+        latest_sequence=rotation.latest_sequence,
+        next_rotation_at=(
+            convert.seconds_of_timestamp(keyset.next_rotation_at)
+            if keyset.HasField("next_rotation_at")
+            else None
+        ),
+        keys=[convert.signing_key_of(k) for k in listed.keys],
+        watchers=[convert.watcher_sighting_of(w) for w in rotation.watchers],
+        audit=audit,
+    )
+
+
+def _ago(instant: float | None, now: float) -> str:
+    if instant is None:
+        return "-"
+    seconds = now - instant
+    return f"{_span(abs(seconds))} {'ago' if seconds >= 0 else 'from now'}"
+
+
+def _span(seconds: float) -> str:
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _flag(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "NO"
+
+
+def _print_status(model: Any) -> None:
+    from rotor.core.status import iso
+
+    tenant = model.tenant or "(default)"
+    nxt = model.next_rotation_at
+    print(f"tenant {tenant}  now {iso(model.now)}  newest event {model.latest_sequence}")
+    print(f"next rotation: {iso(nxt) + ' (' + _ago(nxt, model.now) + ')' if nxt is not None else 'none due'}")
+    print("\nkeys")
+    _output(
+        [
+            {
+                "kid": k.short_kid,
+                "alg": k.alg,
+                "state": k.state,
+                "published": iso(k.published_at),
+                "activates": iso(k.activates_at),
+                "retires": iso(k.retires_at),
+                "expires": iso(k.expires_at),
+            }
+            for k in model.keys
+        ],
+        False,
+        ("kid", "alg", "state", "published", "activates", "retires", "expires"),
+    )
+    print("\nwatchers")
+    if not model.watchers:
+        print("no named watcher is connected (a watcher names itself with the metadata x-rotor-watcher)")
+    rows = []
+    for w in model.watchers:
+        outcomes = " ".join(f"{o}={n}" for o, n in sorted(w.outcomes.items()))
+        ratio = w.failure_ratio
+        rows.append(
+            {
+                "name": w.name,
+                "replica": w.replica,
+                "connected": _ago(w.connected_at, model.now),
+                "sequence": str(w.sequence),
+                "behind": str(w.behind),
+                "pending": _flag(w.holds_pending),
+                "active": _flag(w.holds_active),
+                "reported": _ago(w.last_report_at, model.now),
+                "verifications (15m)": outcomes,
+                "failed": (
+                    f"{ratio:.1%} ({w.other_failure_ratio or 0:.1%} not expiry)" if ratio is not None else "-"
+                ),
+            }
+        )
+    if rows:
+        _output(rows, False, tuple(rows[0]))
+    if model.audit is not None:
+        print("\naudit (newest first)")
+        _output(
+            [
+                {
+                    "#": str(a.sequence),
+                    "when": iso(a.occurred_at),
+                    "actor": a.actor,
+                    "action": a.action,
+                    "target": a.target,
+                    "outcome": a.outcome,
+                }
+                for a in model.audit
+            ],
+            False,
+            ("#", "when", "actor", "action", "target", "outcome"),
+        )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _AdminSession(args) as session:
+        model = _remote_status(session, args.tenant)
+    if args.json:
+        print(json.dumps(model.to_dict(), indent=2))
+    else:
+        _print_status(model)
+    return 0
+
+
+DRILL_POLL = 0.2  # seconds between looks at GetRotationStatus
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    """Rotate (not immediately, reason "drill") and follow GetRotationStatus until every named
+    watcher holds the new key; exit 1 naming those that did not within the timeout."""
+    import time
+
+    from rotor.api import convert
+    from rotor.v1 import key_admin_pb2, keys_pb2
+
+    timeout = _duration(args.timeout, "--timeout")
+    with _AdminSession(args) as session:
+        status = key_admin_pb2.GetRotationStatusRequest(tenant=args.tenant)
+        before = session.call("GetRotationStatus", status)
+        listed = session.call("ListKeys", key_admin_pb2.ListKeysRequest(tenant=args.tenant))
+        was_pending = {k.kid for k in listed.keys if k.state == keys_pb2.KEY_STATE_PENDING}
+        rotated = session.call(
+            "RotateKeys", key_admin_pb2.RotateKeysRequest(tenant=args.tenant, reason="drill", immediate=False)
+        )
+        started = time.monotonic()
+        key = rotated.key
+        if timeout is None:  # the tenant's publish_lead: the new key signs then
+            timeout = convert.seconds_of_timestamp(key.activates_at) - convert.seconds_of_timestamp(
+                key.created_at
+            )
+        # the watchers at the start must get it; so must any that connect meanwhile
+        expected = {_who(w): None for w in before.watchers}
+        replicas = {_who(w): w.replica for w in before.watchers}
+        took: dict[tuple[str, str], float] = {}
+        published = None
+        while True:
+            now = time.monotonic() - started
+            current = session.call("GetRotationStatus", status)
+            if published is None:  # the key's KEY_PUBLISHED is at or before the newest event now
+                published = current.latest_sequence
+            streams: dict[tuple[str, str], list[Any]] = {}
+            for w in current.watchers:
+                streams.setdefault(_who(w), []).append(w)
+                replicas[_who(w)] = w.replica
+            for who, same in streams.items():  # every stream of a name on a replica must hold it
+                expected.setdefault(who, None)
+                if who not in took and all(_holds(w, key.kid, published) for w in same):
+                    took[who] = now
+            missing = sorted(set(expected) - set(took))
+            if not missing or now >= timeout:
+                break
+            time.sleep(min(DRILL_POLL, max(timeout - now, 0.0)))
+    report = {
+        "tenant": args.tenant,
+        "kid": key.kid,
+        "timeout_seconds": timeout,
+        "passed": not missing,
+        "already_pending": key.kid in was_pending,
+        "watchers": [
+            {
+                "name": who[0],
+                "replica": replicas.get(who, ""),
+                "seconds": round(took[who], 3) if who in took else None,
+            }
+            for who in sorted(expected)
+        ],
+        "missing": [name for name, _ in missing],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        tenant = args.tenant or "(default)"
+        if key.kid in was_pending:  # RotateKeys returns the pending key rather than publish another
+            print(f"drill: key {key.kid} was already pending in tenant {tenant}; following it")
+        else:
+            print(f"drill: rotated tenant {tenant} to {key.kid} (pending; signs in {_span(timeout)})")
+        for entry in report["watchers"]:
+            seconds = entry["seconds"]
+            got = f"had it after {seconds:.1f}s" if seconds is not None else f"NOT within {_span(timeout)}"
+            where = f" (replica {entry['replica']})" if entry["replica"] else ""
+            print(f"  {entry['name']}{where}: {got}")
+        if not expected:
+            print("no named watcher is connected: nothing to follow", file=sys.stderr)
+    if missing:
+        names = ", ".join(name for name, _ in missing)
+        print(
+            f"rotor: drill failed: {names} did not get key {key.kid} within {_span(timeout)}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def _who(watcher: Any) -> tuple[str, str]:
+    """A watcher as the drill reports it: its name (the fleet view lists each name once)."""
+    return (watcher.name, "")
+
+
+def _holds(watcher: Any, kid: str, published: int) -> bool:
+    """Whether a watcher holds key `kid`: it says so (kids), or it was sent or applied the event
+    that published it or a later one (every key event carries the whole key set)."""
+    return kid in watcher.kids or watcher.sent_sequence >= published
+
+
 # -- output ----------------------------------------------------------------------
 
 
@@ -920,6 +1219,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tenant", default="", help="tenant (default: the default tenant)")
         _add_admin_flags(p, target=False)
         p.add_argument("--json", action="store_true", help="print JSON")
+    status = sub.add_parser(
+        "status", help="a tenant's key timeline, named watchers and newest audit events (over gRPC)"
+    )
+    status.set_defaults(func=cmd_status)
+    drill = sub.add_parser(
+        "drill",
+        help="rehearse a rotation: publish a new key and follow it to every named watcher",
+        description=(
+            'Calls RotateKeys (not immediate, reason "drill"), then follows GetRotationStatus until every '
+            "named watcher holds the new key. Exit 0 when all did within --timeout, else 1 naming those that did not."
+        ),
+    )
+    drill.add_argument(
+        "--timeout",
+        metavar="DURATION",
+        help="how long the watchers have (default: the tenant's publish_lead)",
+    )
+    drill.set_defaults(func=cmd_drill)
+    for p in (status, drill):
+        p.add_argument("--target", help="HOST:PORT (default: listen from --config)")
+        p.add_argument("--config", help="TOML config file")
+        p.add_argument("--tenant", default="", help="tenant (default: the default tenant)")
+        p.add_argument("--client-id", help="admin client id (or ROTOR_CLIENT_ID)")
+        p.add_argument("--client-secret", help="admin client secret (or ROTOR_CLIENT_SECRET)")
+        p.add_argument("--ca-file", help="PEM CA that signed the server's certificate (TLS)")
+        p.add_argument("--cert-file", help="PEM client certificate (mTLS)")
+        p.add_argument("--key-file", help="PEM key of the client certificate (mTLS)")
+        p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -952,7 +1279,7 @@ def _dash_safe(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     return argv
 
 
-DURATION_OPTIONS = ("--expires", "--overlap")
+DURATION_OPTIONS = ("--expires", "--overlap", "--timeout")
 
 
 def _join_dashed_durations(argv: list[str]) -> list[str]:

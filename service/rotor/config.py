@@ -117,6 +117,7 @@ class Config:
     database_url: str = ""
     log_format: str = "json"
     log_level: str = "info"
+    status_access: str = "admin"  # the side port's /status: "admin" (HTTP Basic, audit shown) or "public"
     keys: KeysConfig = field(default_factory=KeysConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -143,6 +144,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "database_url": "str",
         "log_format": "str",
         "log_level": "str",
+        "status_access": "str",
     },
     "keys": {
         "algorithm": "str",
@@ -359,6 +361,11 @@ def policy_violations(config: Config) -> list[str]:
         out.append(f'log_format: {config.log_format[:20]!r} is neither "json" nor "text"')
     if config.log_level not in ("debug", "info", "warning", "error"):
         out.append(f"log_level: {config.log_level[:20]!r} is not one of debug, info, warning, error")
+    if config.status_access not in ("admin", "public"):
+        out.append(
+            f'status_access: {config.status_access[:20]!r} is neither "admin" (an admin client\'s credentials, '
+            'audit events shown) nor "public" (no credentials, no audit events)'
+        )
     if config.cluster.lease_ttl < 1:
         out.append("cluster.lease_ttl: must be at least 1s")
     if len(config.cluster.replica) > 128 or (

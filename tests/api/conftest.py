@@ -24,7 +24,7 @@ MakeRotor = Callable[..., Awaitable[Rotor]]
 @pytest.fixture
 async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeRotor]:
     """Factory: await make_rotor(keys={...}, tokens={...}, limits={...}, http_listen=..., tenants={...},
-    **RotorServer options) -> a started Rotor."""
+    status_access=..., **RotorServer options) -> a started Rotor."""
     monkeypatch.delenv("ROTOR_KEK", raising=False)  # the key file under data_dir, as the tests expect
     started: list[Rotor] = []
 
@@ -37,6 +37,7 @@ async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         tenants: dict[str, TenantConfig] | None = None,
         limits: dict[str, Any] | None = None,
         listen: str = "127.0.0.1:0",
+        status_access: str = "admin",
         **server_options: Any,
     ) -> Rotor:
         config = Config(
@@ -49,6 +50,7 @@ async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
             tokens=replace(BASE_TOKENS, **(tokens or {})),
             tenants=tenants or {},
             limits=LimitsConfig(**(limits or {})),
+            status_access=status_access,
         )
         server = RotorServer(config, **server_options)
         await server.start()

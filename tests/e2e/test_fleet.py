@@ -4,7 +4,7 @@ Two `rotor serve` replicas share one PostgreSQL schema. Three named watchers
 verify tokens: `orders-py` (Python, streaming from replica A), `billing-py`
 (Python, polling replica B: it learns keys only every max_cache_age) and
 `node-svc` (the Node example, streaming from replica B). Each view of the
-fleet (VIEWS: GetRotationStatus, /metrics; more may be added) must show
+fleet (VIEWS: GetRotationStatus, /metrics, /status.json, `rotor status --json`) must show
 every watcher's replica, kids, sequence and verification counts within two
 report intervals, and a token signed by a key one watcher lacks must show up
 as UNKNOWN_KEY for that watcher alone.
@@ -12,6 +12,7 @@ as UNKNOWN_KEY for that watcher alone.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -33,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rotor.v1 import key_admin_pb2
 from rotor_client import KeySetWatcher, ThreadedKeySetWatcher, UnknownKey, Verifier
 
-from .support import ISSUER, RotorProcess, basic, free_port
+from .support import ISSUER, RotorProcess, basic, env_with_bin, free_port, run_rotor
 from .test_node import AUDIENCE, node, start_node  # noqa: F401  (node: the fixture)
 from .test_replicas import POSTGRES, psql
 
@@ -144,10 +145,42 @@ def from_metrics(stack: FleetStack) -> dict[str, Seen]:
     return seen
 
 
-# name -> how that view reads the fleet; the status page and `rotor status --json` join here
+def _from_status_model(doc: dict[str, Any]) -> dict[str, Seen]:
+    return {
+        w["name"]: Seen(
+            replica=w["replica"],
+            kids=frozenset(w["kids"]),
+            sequence=w["sequence"],
+            counts=dict(w["verifications"]["outcomes"]),
+        )
+        for w in doc["watchers"]
+    }
+
+
+def from_status_json(stack: FleetStack) -> dict[str, Seen]:
+    """/status.json of replica B (the status page's model), as the admin."""
+    token = base64.b64encode(f"{stack.ops['client_id']}:{stack.ops['client_secret']}".encode()).decode()
+    request = urllib.request.Request(
+        f"{stack.http['replica-b']}/status.json", headers={"Authorization": f"Basic {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return _from_status_model(json.loads(response.read()))
+
+
+def from_rotor_status(stack: FleetStack) -> dict[str, Seen]:
+    """`rotor status --json` against replica A."""
+    env = env_with_bin(ROTOR_CLIENT_ID=stack.ops["client_id"], ROTOR_CLIENT_SECRET=stack.ops["client_secret"])
+    done = run_rotor("status", "--target", stack.a.address, "--json", cwd=stack.a.workdir, env=env)
+    assert done.returncode == 0, done.stderr
+    return _from_status_model(json.loads(done.stdout))
+
+
+# name -> how that view reads the fleet
 VIEWS: dict[str, Callable[[FleetStack], dict[str, Seen]]] = {
     "GetRotationStatus": from_rotation_status,
     "metrics": from_metrics,
+    "status.json": from_status_json,
+    "rotor status --json": from_rotor_status,
 }
 
 
@@ -283,7 +316,7 @@ def test_every_watchers_counts_kids_and_sequence_show_within_two_report_interval
         return seen
 
     seen = until(shown, f"{view} shows every watcher's counts, kids and sequence", WITHIN)
-    if view == "GetRotationStatus":
+    if view != "metrics":  # the views that show replica, kids and sequence
         assert {name: (w.replica, w.kids, w.sequence) for name, w in seen.items()} == {
             name: (replica, kids, sequence) for name, replica in WATCHERS.items()
         }

@@ -200,6 +200,7 @@ def violations(doc: dict[str, Any]) -> list[str]:
         ),
         pytest.param({"limits": {"keepalive_time": "1ms"}}, "limits.keepalive_time", id="keepalive-1ms"),
         pytest.param({"limits": {"write_timeout": 10}}, "limits.write_timeout", id="timeout-as-int"),
+        pytest.param({"status_access": "everyone"}, "status_access", id="unknown-status-access"),
     ],
 )
 def test_each_violation_is_one_line_naming_the_key(doc: dict[str, Any], key: str) -> None:

@@ -113,6 +113,15 @@ class CallerAuth:
         self._backoff.succeeded(client_id)
         return client
 
+    async def basic(self, header: str, address: str) -> Client:
+        """The client an HTTP `Authorization: Basic` header names (the HTTP side port), checked like a
+        gRPC call's: InvalidClient, ClientDisabled, or TooManyRequests while guesses are slowed."""
+        credentials = basic_credentials((("authorization", header),))
+        client = await self.identify(credentials, address, None) if credentials else None
+        if client is None:
+            raise InvalidClient(f"this request needs client credentials; {_HOW}")
+        return client
+
     async def require(self, context: Context) -> Client:
         client = await self.optional(context)
         if client is not None:

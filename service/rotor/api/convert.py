@@ -24,6 +24,7 @@ from rotor.core.model import (
     SigningKey,
     Snapshot,
 )
+from rotor.core.status import WatcherSighting
 from rotor.core.tokens import Introspection, IssuedTokens
 from rotor.v1 import key_admin_pb2, keys_pb2, token_service_pb2
 
@@ -267,4 +268,55 @@ def introspection(found: Introspection | None) -> token_service_pb2.IntrospectRe
         jti=found.jti,
         kid=found.kid,
         issuer=found.issuer,
+    )
+
+
+# -- the other way: what `rotor status` and `rotor drill` read back over gRPC --------------
+
+KEY_STATE_OF = {v: k for k, v in KEY_STATE.items()}
+
+
+def signing_key_of(msg: keys_pb2.Key) -> SigningKey:
+    """A Key message as the record it was made from (its public half only)."""
+    return SigningKey(
+        kid=msg.kid,
+        tenant=msg.tenant,
+        alg=msg.alg,
+        state=KEY_STATE_OF[msg.state],
+        public_jwk=msg.public_jwk_json,
+        sealed_private=None,
+        created_at=seconds_of_timestamp(msg.created_at),
+        activates_at=seconds_of_timestamp(msg.activates_at),
+        retires_at=seconds_of_timestamp(msg.retires_at),
+        expires_at=seconds_of_timestamp(msg.expires_at),
+        revoked_at=seconds_of_timestamp(msg.revoked_at) if msg.HasField("revoked_at") else None,
+        revocation_reason=msg.revocation_reason,
+    )
+
+
+def audit_entry_of(msg: key_admin_pb2.AuditEvent) -> AuditEntry:
+    return AuditEntry(
+        sequence=msg.sequence,
+        occurred_at=seconds_of_timestamp(msg.occurred_at),
+        actor=msg.actor,
+        action=msg.action,
+        target=msg.target,
+        outcome=msg.outcome,
+        tenant=msg.tenant,
+        details_json=msg.details_json,
+        prev_hash=msg.prev_hash,
+        hash=msg.hash,
+    )
+
+
+def watcher_sighting_of(msg: key_admin_pb2.WatcherStatus) -> WatcherSighting:
+    """A WatcherStatus as the status model's record of a watcher."""
+    return WatcherSighting(
+        name=msg.name,
+        replica=msg.replica,
+        connected_at=seconds_of_timestamp(msg.connected_at) if msg.HasField("connected_at") else None,
+        sequence=msg.sent_sequence,
+        kids=frozenset(msg.kids),
+        last_report_at=seconds_of_timestamp(msg.last_report_at) if msg.HasField("last_report_at") else None,
+        verifications=tuple((v.outcome, v.kid, v.count) for v in msg.verifications),
     )

@@ -7,6 +7,7 @@
     GET /metrics                              Prometheus text format
     GET /healthz                              the process answers
     GET /readyz                               it can sign: every tenant has an active key
+    GET /status, /status.json, /status/events the live status page (rotor.api.status_page)
 
 The JWKS carries `Cache-Control: max-age` no longer than `max_cache_age`
 (publish_lead >= max_cache_age, so a cache that honours it has every key
@@ -25,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from rotor.api.oauth import OAuthEndpoints
+from rotor.api.status_page import StatusPages
 from rotor.core import validation
 from rotor.core.errors import RotorError
 from rotor.core.keys import KeyManager
@@ -77,6 +79,7 @@ class HttpSide:
         mtls: bool = False,
         reuse_port: bool = False,
         oauth: OAuthEndpoints | None = None,
+        status: StatusPages | None = None,
     ) -> None:
         self._mtls, self._reuse_port = mtls, reuse_port
         self._issuer, self._algorithm, self._max_age = issuer, algorithm, int(max_cache_age)
@@ -93,6 +96,8 @@ class HttpSide:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        if status is not None:
+            status.add_routes(app)
         self.app = app
 
     async def start(self, listen: str, ssl_context: ssl.SSLContext | None = None) -> int:
