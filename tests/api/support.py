@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from grpc import aio
 from rotor.app import RotorServer
 from rotor.config import KeysConfig, TokensConfig
 from rotor.core.clients import register_client
-from rotor.v1 import keys_pb2
+from rotor.v1 import key_admin_pb2, keys_pb2
 
 ISSUER = "https://rotor.test"
 BASE_KEYS = KeysConfig(rotation_period=3600, publish_lead=2, max_cache_age=1, clock_skew=1)
@@ -214,3 +214,30 @@ async def failure(call: Awaitable[Any]) -> aio.AioRpcError:
     with pytest.raises(aio.AioRpcError) as caught:
         await call
     return caught.value
+
+
+async def rotation_status(
+    rotor: Rotor, admin: Credentials, tenant: str = ""
+) -> key_admin_pb2.GetRotationStatusResponse:
+    return await rotor.admin.GetRotationStatus(
+        key_admin_pb2.GetRotationStatusRequest(tenant=tenant), metadata=admin.metadata, timeout=10
+    )
+
+
+async def status_when(
+    rotor: Rotor,
+    admin: Credentials,
+    done: Callable[[key_admin_pb2.GetRotationStatusResponse], bool],
+    within: float = 10.0,
+) -> key_admin_pb2.GetRotationStatusResponse:
+    """Poll GetRotationStatus until `done(status)` holds; fails the test after `within` seconds."""
+    status = None
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                status = await rotation_status(rotor, admin)
+                if done(status):
+                    return status
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"GetRotationStatus never got there; last: {status}") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -16,7 +15,16 @@ from rotor.clock import FakeClock
 from rotor.v1 import key_admin_pb2, keys_pb2, token_service_pb2
 
 from .conftest import MakeRotor
-from .support import Credentials, Rotor, Watcher, assert_error, failure, status_details
+from .support import (
+    Credentials,
+    Rotor,
+    Watcher,
+    assert_error,
+    failure,
+    rotation_status,
+    status_details,
+    status_when,
+)
 
 INTERVAL = 0.5  # [limits] report_interval in these tests
 
@@ -36,32 +44,6 @@ def report(
         kids=kids,
         counts=[keys_pb2.VerificationCount(outcome=o, kid=k, count=c) for o, k, c in counts],
     )
-
-
-async def status(
-    rotor: Rotor, admin: Credentials, tenant: str = ""
-) -> key_admin_pb2.GetRotationStatusResponse:
-    return await rotor.admin.GetRotationStatus(
-        key_admin_pb2.GetRotationStatusRequest(tenant=tenant), metadata=admin.metadata, timeout=10
-    )
-
-
-async def status_when(
-    rotor: Rotor,
-    admin: Credentials,
-    done: Callable[[key_admin_pb2.GetRotationStatusResponse], bool],
-    within: float = 10.0,
-) -> key_admin_pb2.GetRotationStatusResponse:
-    last = None
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                last = await status(rotor, admin)
-                if done(last):
-                    return last
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"GetRotationStatus never got there; last: {last}") from None
 
 
 def verifications(w: key_admin_pb2.WatcherStatus) -> dict[tuple[str, str], int]:
@@ -163,7 +145,7 @@ async def test_malformed_or_oversized_reports_are_invalid_argument(
     err = await failure(fleet_rotor.tokens.ReportVerifications(request_, timeout=10))
     assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, reason)
     assert len(err.details()) < 400, "a message quotes at most a short prefix of the input"
-    assert not (await status(fleet_rotor, admin)).watchers, "a refused report tracks nothing"
+    assert not (await rotation_status(fleet_rotor, admin)).watchers, "a refused report tracks nothing"
 
 
 async def test_an_unknown_tenant_is_not_found(fleet_rotor: Rotor) -> None:
@@ -203,9 +185,9 @@ async def test_a_watcher_silent_for_three_intervals_is_gone(make_rotor: MakeRoto
     await rotor.tokens.ReportVerifications(report("fading"), timeout=10)
     await status_when(rotor, admin, lambda s: [w.name for w in s.watchers] == ["fading"])
     clock.advance(2.5 * INTERVAL)
-    assert [w.name for w in (await status(rotor, admin)).watchers] == ["fading"], "not gone yet"
+    assert [w.name for w in (await rotation_status(rotor, admin)).watchers] == ["fading"], "not gone yet"
     clock.advance(INTERVAL)
-    assert not (await status(rotor, admin)).watchers
+    assert not (await rotation_status(rotor, admin)).watchers
 
 
 async def metrics(rotor: Rotor) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -16,7 +15,18 @@ from rotor.clock import FakeClock
 from rotor.v1 import key_admin_pb2, keys_pb2
 
 from .conftest import MakeRotor
-from .support import Credentials, Rotor, Watcher, assert_error, event_type, failure, jwt_part, key_state
+from .support import (
+    Credentials,
+    Rotor,
+    Watcher,
+    assert_error,
+    event_type,
+    failure,
+    jwt_part,
+    key_state,
+    rotation_status,
+    status_when,
+)
 
 WATCHER_HEADER = "x-rotor-watcher"
 PUBLISH_LEAD = 2.0
@@ -30,33 +40,6 @@ def named_watch(rotor: Rotor, name: str, tenant: str = "", channel: aio.Channel 
     stub = rotor_client.TokenServiceStub(channel) if channel is not None else rotor.tokens
     request = rotor_client.WatchKeyRotationsRequest(tenant=tenant)
     return Watcher(stub.WatchKeyRotations(request, metadata=((WATCHER_HEADER, name),)))
-
-
-async def rotation_status(
-    rotor: Rotor, admin: Credentials, tenant: str = ""
-) -> key_admin_pb2.GetRotationStatusResponse:
-    return await rotor.admin.GetRotationStatus(
-        key_admin_pb2.GetRotationStatusRequest(tenant=tenant), metadata=admin.metadata, timeout=10
-    )
-
-
-async def status_when(
-    rotor: Rotor,
-    admin: Credentials,
-    done: Callable[[key_admin_pb2.GetRotationStatusResponse], bool],
-    within: float = 5.0,
-) -> key_admin_pb2.GetRotationStatusResponse:
-    """Poll GetRotationStatus until `done(status)` holds; fails the test after `within` seconds."""
-    status = None
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                status = await rotation_status(rotor, admin)
-                if done(status):
-                    return status
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"GetRotationStatus never got there; last: {status}") from None
 
 
 def seconds(stamp: Any) -> float:
