@@ -178,12 +178,18 @@ class _StoreClients:
 
         return asyncio.run(_with_store(self._config, run))
 
+    @staticmethod
+    def _row(c: Any) -> dict[str, Any]:
+        from rotor.api import convert
+
+        return _client_row(convert.client(c))
+
     def add(self, name: str, fields: dict[str, Any]) -> tuple[dict[str, Any], str]:
         registration = self._run(lambda admin: admin.create(name, **fields))
-        return _client_row(registration.client), registration.secret
+        return self._row(registration.client), registration.secret
 
     def get(self, name: str) -> dict[str, Any]:
-        return _client_row(self._run(lambda admin: admin.get(name)))
+        return self._row(self._run(lambda admin: admin.get(name)))
 
     def list(self, tenant: str | None) -> list[dict[str, Any]]:
         async def every(admin: Any) -> list[Any]:
@@ -194,10 +200,10 @@ class _StoreClients:
                 if not (token := page.next_page_token):
                     return found
 
-        return [_client_row(c) for c in self._run(every)]
+        return [self._row(c) for c in self._run(every)]
 
     def update(self, name: str, changes: dict[str, Any], revoke_tokens: bool) -> dict[str, Any]:
-        return _client_row(self._run(lambda admin: admin.update(name, changes, revoke_tokens=revoke_tokens)))
+        return self._row(self._run(lambda admin: admin.update(name, changes, revoke_tokens=revoke_tokens)))
 
     def delete(self, name: str) -> dict[str, Any]:
         families, not_before = self._run(lambda admin: admin.delete(name))
@@ -243,14 +249,12 @@ class _GrpcClients:
         if fields["secret_ttl"] is not None:
             request.secret_ttl.FromNanoseconds(int(fields["secret_ttl"] * 1e9))
         response = self._call("CreateClient", request)
-        return _client_row_of_message(response.client), response.client_secret
+        return _client_row(response.client), response.client_secret
 
     def get(self, name: str) -> dict[str, Any]:
         from rotor.v1 import key_admin_pb2
 
-        return _client_row_of_message(
-            self._call("GetClient", key_admin_pb2.GetClientRequest(client_id=name)).client
-        )
+        return _client_row(self._call("GetClient", key_admin_pb2.GetClientRequest(client_id=name)).client)
 
     def list(self, tenant: str | None) -> list[dict[str, Any]]:
         from rotor.v1 import key_admin_pb2
@@ -259,7 +263,7 @@ class _GrpcClients:
         while True:
             request = key_admin_pb2.ListClientsRequest(tenant=tenant or "", page_size=1000, page_token=token)
             page = self._call("ListClients", request)
-            rows += [_client_row_of_message(c) for c in page.clients]
+            rows += [_client_row(c) for c in page.clients]
             if not (token := page.next_page_token):
                 return rows
 
@@ -274,7 +278,7 @@ class _GrpcClients:
             client=key_admin_pb2.Client(**changes),
             revoke_tokens=revoke_tokens,
         )
-        return _client_row_of_message(self._call("UpdateClient", request).client)
+        return _client_row(self._call("UpdateClient", request).client)
 
     def delete(self, name: str) -> dict[str, Any]:
         from rotor.v1 import key_admin_pb2
@@ -332,22 +336,7 @@ def _clients(args: argparse.Namespace) -> _StoreClients | _GrpcClients:
 
 
 def _client_row(c: Any) -> dict[str, Any]:
-    return {
-        "client_id": c.client_id,
-        "tenant": c.tenant,
-        "scopes": list(c.scopes),
-        "audiences": list(c.audiences),
-        "admin": c.admin,
-        "allow_any_subject": c.allow_any_subject,
-        "cert_san": c.cert_san,
-        "allowed_cidrs": list(c.allowed_cidrs),
-        "disabled": c.disabled,
-        "created_at": _iso(c.created_at),
-        "secret_expires_at": _iso(c.secret_expires_at) if c.secret_expires_at else None,
-    }
-
-
-def _client_row_of_message(c: Any) -> dict[str, Any]:
+    """A KeyAdmin Client message (both doors show clients as the API does) as a row to print."""
     return {
         "client_id": c.client_id,
         "tenant": c.tenant,

@@ -121,6 +121,8 @@ class Rotor:
         allow_any_subject: bool = False,
         cert_san: str | None = None,
         tenant: str = "",
+        expires_in: float | None = None,
+        allowed_cidrs: tuple[str, ...] = (),
     ) -> Credentials:
         registration = await register_client(
             self.server.store,
@@ -132,6 +134,8 @@ class Rotor:
             allow_any_subject=allow_any_subject,
             cert_san=cert_san,
             tenant=tenant,
+            expires_in=expires_in,
+            allowed_cidrs=allowed_cidrs,
         )
         return Credentials(name, registration.secret)
 

@@ -17,10 +17,10 @@ import grpc
 import pytest
 import rotor_client
 from rotor.clock import FakeClock
-from rotor.core.clients import register_client, rotate_secret, set_disabled
+from rotor.core.clients import rotate_secret, set_disabled
 from rotor.v1 import key_admin_pb2, keys_pb2
 
-from .support import AUDIENCE, SCOPES, Credentials, Rotor, Watcher, assert_error, event_type, failure
+from .support import Credentials, Rotor, Watcher, assert_error, event_type, failure
 
 MakeRotor = Any
 CACHE_TTL = 300.0  # the Authenticator skips scrypt this long for a verified secret
@@ -42,15 +42,7 @@ async def revoke_client_tokens(
 
 
 async def add_expiring_client(rotor: Rotor, name: str, expires_in: float) -> Credentials:
-    registration = await register_client(
-        rotor.server.store,
-        rotor.server.clock,
-        name,
-        scopes=SCOPES,
-        audiences=(AUDIENCE,),
-        expires_in=expires_in,
-    )
-    return Credentials(name, registration.secret)
+    return await rotor.add_client(name, expires_in=expires_in)
 
 
 async def rotate(rotor: Rotor, client: Credentials, **options: Any) -> Credentials:

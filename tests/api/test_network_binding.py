@@ -9,23 +9,14 @@ import aiohttp
 import grpc
 import pytest
 import rotor_client
-from rotor.core.clients import register_client
 from rotor.v1 import key_admin_pb2
 
 from .conftest import MakeRotor
-from .support import AUDIENCE, SCOPES, Credentials, Rotor, assert_error, failure
+from .support import AUDIENCE, Credentials, Rotor, assert_error, failure
 
 
 async def bound(rotor: Rotor, name: str, *cidrs: str) -> Credentials:
-    registration = await register_client(
-        rotor.server.store,
-        rotor.server.clock,
-        name,
-        scopes=SCOPES,
-        audiences=(AUDIENCE,),
-        allowed_cidrs=cidrs,
-    )
-    return Credentials(name, registration.secret)
+    return await rotor.add_client(name, allowed_cidrs=cidrs)
 
 
 async def denials(rotor: Rotor, client_id: str) -> list[str]:

@@ -20,9 +20,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import pytest
 import rotor_client
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,6 +33,8 @@ BIN = pathlib.Path(sys.executable).parent
 ROTOR = shutil.which("rotor", path=str(BIN)) or shutil.which("rotor")
 ISSUER = "https://rotor.test"
 DEV_ADDRESS = ("127.0.0.1", 50051)
+POSTGRES = os.environ.get("ROTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+PSQL = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-d", "test", "-At", "-q"]
 
 BASE_CONFIG: dict[str, Any] = {
     "issuer": ISSUER,
@@ -44,6 +48,29 @@ FAST_RECONNECT = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
 )
+
+
+def psql(sql: str) -> str:
+    done = subprocess.run([*PSQL, "-c", sql], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """The URL of a fresh schema named PREFIX_<random>, dropped afterwards. PostgreSQL must be
+    there in CI; elsewhere its absence skips."""
+    try:
+        psql("SELECT 1")
+    except (AssertionError, FileNotFoundError) as e:
+        if os.environ.get("CI"):
+            raise AssertionError(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {e}") from None
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({e})")
+    schema = f"{prefix}_{os.urandom(6).hex()}"
+    try:
+        yield f"{POSTGRES}?search_path={schema}"
+    finally:
+        psql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def rotor_exe() -> str:

@@ -4,8 +4,6 @@ store (--config) and over gRPC as an admin client (--target), against a running 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -15,8 +13,7 @@ import pytest
 import rotor_client
 
 from .conftest import MakeServer
-from .support import RotorProcess, basic, error_info, run_rotor
-from .test_replicas import POSTGRES, psql
+from .support import RotorProcess, basic, error_info, postgres_schema, run_rotor
 
 MODES = ("store", "grpc")
 
@@ -28,15 +25,8 @@ def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     if request.param == "sqlite":
         yield {}
         return
-    try:
-        psql("SELECT 1")
-    except (AssertionError, FileNotFoundError) as e:
-        if os.environ.get("CI"):
-            raise AssertionError(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {e}") from None
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({e})")
-    schema = f"rotor_clients_{secrets.token_hex(6)}"
-    yield {"database_url": f"{POSTGRES}?search_path={schema}"}
-    psql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema("rotor_clients") as url:
+        yield {"database_url": url}
 
 
 def clients(

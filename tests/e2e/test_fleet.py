@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import pathlib
-import secrets
 import subprocess
 import time
 import urllib.error
@@ -34,9 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rotor.v1 import key_admin_pb2
 from rotor_client import KeySetWatcher, ThreadedKeySetWatcher, UnknownKey, Verifier
 
-from .support import ISSUER, RotorProcess, basic, env_with_bin, free_port, run_rotor
+from .support import ISSUER, RotorProcess, basic, env_with_bin, free_port, postgres_schema, run_rotor
 from .test_node import AUDIENCE, node, start_node  # noqa: F401  (node: the fixture)
-from .test_replicas import POSTGRES, psql
 
 REPORT_INTERVAL = 5.0  # [limits] report_interval of both replicas (seconds)
 WITHIN = 2 * REPORT_INTERVAL  # what the fleet view promises
@@ -207,15 +204,8 @@ def until(condition: Callable[[], Any], what: str, within: float) -> Any:
 @pytest.fixture(scope="module")
 def module_database_url() -> Iterator[str]:
     """A fresh schema for the module; PostgreSQL must be there in CI, elsewhere its absence skips."""
-    try:
-        psql("SELECT 1")
-    except (AssertionError, FileNotFoundError) as e:
-        if os.environ.get("CI"):
-            raise AssertionError(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {e}") from None
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({e})")
-    schema = f"rotor_fleet_{secrets.token_hex(6)}"
-    yield f"{POSTGRES}?search_path={schema}"
-    psql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema("rotor_fleet") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

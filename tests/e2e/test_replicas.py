@@ -11,7 +11,6 @@ import os
 import pathlib
 import queue
 import re
-import secrets
 import signal
 import subprocess
 import threading
@@ -23,31 +22,25 @@ import grpc
 import pytest
 import rotor_client
 
-from .support import FAST_RECONNECT, RotorProcess, basic, error_info, rotor_exe, wait_serving
+from .support import (
+    FAST_RECONNECT,
+    RotorProcess,
+    basic,
+    error_info,
+    postgres_schema,
+    psql,
+    rotor_exe,
+    wait_serving,
+)
 
-POSTGRES = os.environ.get("ROTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-PSQL = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-d", "test", "-At", "-q"]
 LEASE_TTL = 2.0
-
-
-def psql(sql: str) -> str:
-    done = subprocess.run([*PSQL, "-c", sql], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A fresh schema; PostgreSQL must be there in CI, elsewhere its absence skips."""
-    try:
-        psql("SELECT 1")
-    except (AssertionError, FileNotFoundError) as e:
-        if os.environ.get("CI"):
-            raise AssertionError(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {e}") from None
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({e})")
-    schema = f"rotor_replicas_{secrets.token_hex(6)}"
-    yield f"{POSTGRES}?search_path={schema}"
-    psql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema("rotor_replicas") as url:
+        yield url
 
 
 def replica_config(database_url: str, kek: pathlib.Path, **keys: str) -> dict[str, Any]:
