@@ -590,10 +590,11 @@ def _key_row(key: Any) -> dict[str, Any]:
         "expires_at": ts(key.expires_at),
         "revoked_at": ts(key.revoked_at),
         "revocation_reason": key.revocation_reason,
+        "key_store": key.key_store,
     }
 
 
-_KEY_COLUMNS = ("kid", "alg", "state", "activates_at", "retires_at", "expires_at")
+_KEY_COLUMNS = ("kid", "alg", "state", "key_store", "activates_at", "retires_at", "expires_at")
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
