@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +16,7 @@ import jwt
 import pytest
 import rotor_client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rotor.core.crypto import CryptoError
 from softhsm import SoftHsm
 
 from .conftest import MakeRotor
@@ -181,3 +183,40 @@ async def test_a_sealed_deployment_moves_to_the_token_by_config(
     key_set = await moved.key_set()
     for token in (before.access_token, still.access_token, new.access_token):
         assert verified(key_set, token)["sub"] == "svc-orders"
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        pytest.param(
+            {"module": "/nonexistent/libpkcs11.so"}, "is not a PKCS#11 library that loads", id="module"
+        ),
+        pytest.param({"token_label": "no-such-token"}, "no token labelled 'no-such-token'", id="token"),
+        pytest.param({"pin": "0000"}, "the PIN for token 'rotor' is wrong", id="pin"),
+        pytest.param({"pin": ""}, "set the environment variable ROTOR_PKCS11_PIN", id="no-pin"),
+    ],
+)
+async def test_start_up_refuses_a_token_it_cannot_use_with_one_clear_line(
+    make_rotor: MakeRotor,
+    softhsm: SoftHsm,
+    monkeypatch: pytest.MonkeyPatch,
+    change: dict[str, str],
+    refusal: str,
+) -> None:
+    if "pin" in change:
+        monkeypatch.setenv("ROTOR_PKCS11_PIN", change["pin"])
+    config = replace(softhsm.config, **{k: v for k, v in change.items() if k != "pin"})
+    with pytest.raises(CryptoError) as refused:
+        await make_rotor(pkcs11=config)
+    message = str(refused.value)
+    assert refusal in message
+    assert "\n" not in message and len(message) < 300
+
+
+def test_start_up_refuses_an_algorithm_the_token_cannot_do(softhsm: SoftHsm) -> None:
+    from rotor.core.hsm import Pkcs11SetupError, open_token
+
+    with pytest.raises(
+        Pkcs11SetupError, match=r"token 'rotor' cannot do HS256 .*choose another keys.algorithm"
+    ):
+        open_token(softhsm.module, softhsm.label, softhsm.pin, ("EdDSA", "HS256"))

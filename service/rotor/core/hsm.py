@@ -5,8 +5,10 @@ The private object is a token object (CKA_TOKEN), CKA_SENSITIVE and not CKA_EXTR
 with its kid; the public half is read once, at generation, and kept in the database. Replicas that
 share the token find each other's keys by label.
 
-python-pkcs11 initialises the module without OS locking, so every call into it runs on one thread
-of this store's own: calls are serialised, and the event loop never waits on the device. A call
+python-pkcs11 initialises the module without OS locking (C_Initialize with no arguments: the
+application promises not to call it from two threads at once), so every call into it runs on one
+thread of this store's own: calls are serialised, and the event loop never waits on the device.
+With calls serialised, one logged-in session serves them all; a pool would add nothing. A call
 that fails marks the store broken; the next call (or the readiness check) finalises and
 re-initialises the module and logs in again before it tries (SoftHSM2, for one, does not recover
 with new sessions alone). Until then callers get SignerUnavailable, and nothing was changed.
@@ -15,6 +17,7 @@ with new sessions alone). Until then callers get SignerUnavailable, and nothing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -300,7 +303,16 @@ class Pkcs11KeyStore:
         return True
 
     def close(self) -> None:
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        """Close the session (the last one closed logs the process out) and stop the thread."""
+
+        def close() -> None:
+            with self._lock, contextlib.suppress(PKCS11Error):
+                if self._session is not None:
+                    self._session.close()
+            self._session = None
+
+        self._thread.submit(close)
+        self._thread.shutdown(wait=False)
 
 
 def _public_key(public: Any, alg: str) -> PublicKey:
