@@ -168,6 +168,12 @@ class Pkcs11KeyStore:
                 if self._broken or self._session is None:
                     self._recover()
                 return fn(self._session)
+            except pkcs11.NoSuchKey:
+                # the token answers but lacks the key: another replica destroyed it a moment before
+                # this one's key ring moved on; the check notices a token that went away instead
+                raise SignerUnavailable(
+                    f"the signing key is no longer on token {self._token_label!r} (it was just rotated); retry"
+                ) from None
             except PKCS11Error as e:
                 if not self._broken:
                     log.error(
@@ -256,7 +262,13 @@ class Pkcs11KeyStore:
         """The JWS signature of `data` by key `kid`, made on the token."""
 
         def sign(session: Any) -> bytes:
-            private = self._private(session, kid)
+            try:
+                return sign_with(self._private(session, kid))
+            except (pkcs11.ObjectHandleInvalid, pkcs11.KeyHandleInvalid):
+                self._keys.pop(kid, None)  # destroyed (and perhaps made again) elsewhere: look it up anew
+                return sign_with(self._private(session, kid))
+
+        def sign_with(private: Any) -> bytes:
             match alg:
                 case "EdDSA":
                     return bytes(private.sign(data, mechanism=Mechanism.EDDSA))
