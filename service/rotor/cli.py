@@ -120,6 +120,8 @@ async def _prepare_workers(config: Config) -> None:
     from rotor.core.crypto import CryptoError, load_kek
 
     fresh = await _with_store(config, lambda store: store.last_sequence()) == 0  # migrates, too
+    if config.keys.key_store == "pkcs11":  # keys on the token: no KEK to make
+        return
     try:
         load_kek(os.environ.get("ROTOR_KEK"), config.kek_path, create=fresh)
     except (OSError, CryptoError) as e:
