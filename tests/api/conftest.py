@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from rotor.app import RotorServer
 from rotor.config import Config, LimitsConfig, Pkcs11Config, TenantConfig, TlsConfig
-from softhsm import softhsm, softhsm_token  # noqa: F401 (fixtures)
 
 from .support import BASE_KEYS, BASE_TOKENS, ISSUER, Credentials, Rotor
 

@@ -5,7 +5,9 @@ SIGNER_UNAVAILABLE without changing anything, and the server recovers with the t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -129,9 +131,19 @@ async def test_a_token_that_fails_makes_signing_unavailable_changes_nothing_and_
         answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
         return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
-    families = await rotor.server.store.last_sequence()
+    sequence = await rotor.server.store.last_sequence()
+    families = await grants(rotor)
+
+    async def issue_refused() -> bool:
+        try:
+            await rotor.issue(svc)
+        except grpc.aio.AioRpcError as e:
+            assert_error(e, grpc.StatusCode.UNAVAILABLE, "SIGNER_UNAVAILABLE")
+            return True
+        return False  # the open session may answer from memory until the check sees the token gone
+
     with softhsm.away():
-        assert_error(await failure(rotor.issue(svc)), grpc.StatusCode.UNAVAILABLE, "SIGNER_UNAVAILABLE")
+        await until(issue_refused, "Issue never answered SIGNER_UNAVAILABLE while the token was away")
         err = await failure(refresh(rotor, svc, grant.refresh_token))
         assert_error(err, grpc.StatusCode.UNAVAILABLE, "SIGNER_UNAVAILABLE")
         await until(lambda: _not(ready), "/readyz never answered 503 while the token was away")
@@ -139,11 +151,24 @@ async def test_a_token_that_fails_makes_signing_unavailable_changes_nothing_and_
     await until(ready, "/readyz never came back with the token")
     await until(serving, "gRPC health never came back with the token")
 
-    # the refused refresh did not use the refresh token up, and the refused Issue left no grant
+    # the refused refresh did not use the refresh token up, and the refused Issues left no grant
+    assert await grants(rotor) == families
     refreshed = await refresh(rotor, svc, grant.refresh_token)
     assert verified(await rotor.key_set(), refreshed.access_token)["sub"] == "svc-orders"
     assert verified(await rotor.key_set(), (await rotor.issue(svc)).access_token)["sub"] == "svc-orders"
-    assert await rotor.server.store.last_sequence() == families  # no key event either
+    assert await rotor.server.store.last_sequence() == sequence  # no key event either
+
+
+async def grants(rotor: Rotor) -> tuple[int, int, int]:
+    """Refresh families, refresh tokens, and those used, in the server's SQLite store."""
+    return count_grants(rotor.config.sqlite_path)
+
+
+def count_grants(path: Path) -> tuple[int, int, int]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (families,) = db.execute("SELECT count(*) FROM refresh_families").fetchone()
+        tokens, used = db.execute("SELECT count(*), count(used_at) FROM refresh_tokens").fetchone()
+    return families, tokens, used
 
 
 async def _not(condition: Callable[[], Awaitable[bool]]) -> bool:

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from softhsm import softhsm, softhsm_token  # noqa: F401 (fixtures)
 
 from .support import RotorProcess
 

@@ -18,7 +18,6 @@ from rotor.core.keys import KeyManager, KeyRing
 from rotor.core.keystore import PKCS11, SEALED, KeyStores, SealedKeyStore
 from rotor.core.lifecycle import KeyPolicy
 from rotor.store.sqlite import SqliteStore
-from softhsm import softhsm, softhsm_token  # noqa: F401 (fixtures)
 
 from .support import POLICY, T0
 

@@ -86,14 +86,10 @@ class KeyRing:
             if active.sealed_private is None:
                 log.error("active key %s has no private half; it cannot sign", active.kid)
                 self._signers.pop(tenant, None)
-            else:
-                try:
-                    self._signers[tenant] = self._keystores.of(active).signer(
-                        active.kid, active.alg, active.sealed_private
-                    )
-                except CryptoError as e:
-                    log.error("active key %s cannot sign: %s", active.kid, e)
-                    self._signers.pop(tenant, None)
+            else:  # CryptoError (a wrong KEK, a store this server lacks): start-up refuses
+                self._signers[tenant] = self._keystores.of(active).signer(
+                    active.kid, active.alg, active.sealed_private
+                )
         self._live[tenant] = live
         self._sequence[tenant] = sequence
 
