@@ -487,6 +487,7 @@ class KeyManager:
                         changes.append((EventType.KEY_RETIRED, retired))
                     changes += [(EventType.KEY_EXPIRED, k) for k in superseded]
                 keyset, sequence = await self._append(tx, tenant, now, changes, actor, reason)
+            committed = changes
             log.info(
                 "rotated keys of tenant %r (immediate=%s): new key %s; reason: %s",
                 tenant,
@@ -495,7 +496,6 @@ class KeyManager:
                 reason,
             )
             self._after_change(tenant, keyset, sequence)
-            committed = changes
         finally:
             await self._destroy_halves(committed, spare)
         return key
