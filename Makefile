@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml hatch_build.py
 SYSTEM_PACKAGES :=
 SYSTEM_PACKAGES += curl  # the README's "Getting tokens over HTTP" lines, run as pasted (tests/e2e/test_readme.py)
 SYSTEM_PACKAGES += chromium  # the status page test drives a real headless browser (DevTools protocol)
+SYSTEM_PACKAGES += softhsm2  # keys on a PKCS#11 token: the HSM tests run against a SoftHSM2 token (tests/softhsm.py)
 
 ## system-packages: install the Debian packages the tests need (apt-get, as root; CI runs it)
 system-packages:

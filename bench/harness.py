@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import resource
 import select
 import shutil
@@ -54,6 +55,38 @@ SERVING_LINE = "serving rotor.v1 on"  # each worker logs it once it listens
 
 class HarnessError(Exception):
     """Raised when a part of the benchmark breaks: a process fails, a run gets no answers."""
+
+
+SOFTHSM2_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+def softhsm_token(home: Path) -> dict[str, str]:
+    """A fresh SoftHSM2 token labelled rotor-bench under `home`; the environment that reaches it."""
+    util = shutil.which("softhsm2-util")
+    if util is None or not Path(SOFTHSM2_MODULE).exists():
+        raise HarnessError("the PKCS#11 figure needs SoftHSM2: install the Debian package softhsm2")
+    tokens = home / "tokens"
+    tokens.mkdir(parents=True)
+    conf = home / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = {"SOFTHSM2_CONF": str(conf), "ROTOR_PKCS11_PIN": "bench-pin"}
+    subprocess.run(
+        [
+            util,
+            "--init-token",
+            "--free",
+            "--label",
+            "rotor-bench",
+            "--pin",
+            "bench-pin",
+            "--so-pin",
+            "bench-so",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, **env},
+    )
+    return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +222,10 @@ def watchers_per_client() -> int:
 class Rotor:
     """`rotor serve --config FILE` on a fresh store in a temporary directory of its own."""
 
-    def __init__(self, *, refresh_tokens: bool = True, workers: int = 1, database_url: str = "") -> None:
+    def __init__(
+        self, *, refresh_tokens: bool = True, workers: int = 1, database_url: str = "", pkcs11: bool = False
+    ) -> None:
+        """`pkcs11`: keys on a SoftHSM2 token of its own (Debian package softhsm2), signing by C_Sign."""
         self.workers = workers
         self.workdir = Path(tempfile.mkdtemp(prefix="rotor-bench-"))
         self.address = f"127.0.0.1:{free_port()}"
@@ -200,6 +236,13 @@ class Rotor:
             database_url=database_url,
             refresh_ttl="24h" if refresh_tokens else "0s",  # "0s": the server issues none
         )
+        self.env = dict(os.environ)
+        if pkcs11:
+            self.env.update(softhsm_token(self.workdir / "softhsm"))
+            text += (
+                '\n[keys]\nkey_store = "pkcs11"\n\n[pkcs11]\n'
+                f'module = "{SOFTHSM2_MODULE}"\ntoken_label = "rotor-bench"\npin_env = "ROTOR_PKCS11_PIN"\n'
+            )
         limits = accepted_limits()
         if limits:
             text += "\n[limits]\n" + "".join(f"{key} = {value}\n" for key, value in limits.items())
@@ -215,6 +258,7 @@ class Rotor:
                 [ROTOR, "serve", "--config", str(self.config), "--workers", str(self.workers)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=self.env,
             )
         deadline = started + timeout
         while not (serving(self.address) and self._serving_workers() >= self.workers):

@@ -31,6 +31,7 @@ LABELS = {
     "refresh": "Refresh",
     "revoke": "Revoke",
     "keyset": "GetKeySet",
+    "issue_pkcs11": "Issue (PKCS#11 signer, SoftHSM2)",
 }
 
 

@@ -64,7 +64,9 @@ FIGURES: dict[
     "refresh": ("refresh", True),
     "revoke": ("revoke", False),
     "keyset": ("keyset", True),
+    "issue_pkcs11": ("issue", False),
 }
+PKCS11_FIGURES = {"issue_pkcs11"}  # keys on a SoftHSM2 token: every signature a C_Sign
 SMOKE = {
     "concurrency": "1,4",
     "seconds": 0.2,
@@ -99,7 +101,7 @@ def measure_load(args: argparse.Namespace) -> dict[str, Any]:
 def measure_figure(figure: str, baseline: str, args: argparse.Namespace) -> dict[str, Any]:
     """One figure on a fresh Rotor; per concurrency, --rounds of (baseline run, Rotor run)."""
     method, refresh_tokens = FIGURES[figure]
-    with Rotor(refresh_tokens=refresh_tokens) as rotor:
+    with Rotor(refresh_tokens=refresh_tokens, pkcs11=figure in PKCS11_FIGURES) as rotor:
         rotor.start()
         client = rotor.add_client("bench")
 

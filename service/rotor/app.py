@@ -32,6 +32,7 @@ from rotor.core.crypto import AesGcmSealer, load_kek
 from rotor.core.events import EventHub
 from rotor.core.fleet import Fleet
 from rotor.core.keys import KeyManager, KeyRing
+from rotor.core.keystore import PKCS11, SEALED, KeyStore, KeyStores, SealedKeyStore
 from rotor.core.lifecycle import KeyPolicy
 from rotor.core.model import DEFAULT_TENANT, Event
 from rotor.core.propagation import WatcherRegistry
@@ -60,6 +61,7 @@ GRPC_OPTIONS = [
 ]
 POLL = 0.5  # seconds between looks at the event log for other processes' writes
 REFUSAL_FLUSH = 10.0  # seconds between writes of refusal summaries (see RefusalBudget)
+KEY_STORE_CHECK = 1.0  # seconds between looks at whether an HSM answers (readiness)
 POLL_SHARED = 0.05  # the same, for workers sharing a port: a watcher may be on any of them
 
 
@@ -107,6 +109,7 @@ class RotorServer:
         self.http_port = 0
         self.kek_created = False
         self._stopping = False
+        self._serving = False  # what gRPC health last said
         self._running = contextlib.AsyncExitStack()  # what start() set going, stopped in reverse
 
     async def start(self) -> None:
@@ -125,18 +128,9 @@ class RotorServer:
 
     async def _start(self) -> None:
         config = self.config
-        # a new KEK only for a new store: one that already holds sealed keys needs the KEK that sealed them
-        fresh = await self.store.last_sequence() == 0
-        kek, self.kek_created = load_kek(os.environ.get("ROTOR_KEK"), config.kek_path, create=fresh)
-        if self.kek_created:
-            log.warning(
-                "generated a key-encryption key at %s (mode 0600); keep it off the database's backups, "
-                "or set ROTOR_KEK",
-                config.kek_path,
-            )
-        sealer = AesGcmSealer(kek)
+        self.keystores = await self._open_key_stores()
         policy = key_policy(config)
-        self.keyring = KeyRing(self.store, sealer)
+        self.keyring = KeyRing(self.store, self.keystores)
         self.watchers = WatcherRegistry()
         # every replica's named watchers, through the store (GetRotationStatus, the ack gate, metrics)
         self.fleet = Fleet(
@@ -152,7 +146,7 @@ class RotorServer:
         )
         self.keys = KeyManager(
             self.store,
-            sealer,
+            self.keystores,
             self.keyring,
             self.clock,
             policy,
@@ -205,6 +199,7 @@ class RotorServer:
         self._running.push_async_callback(self.hub.close)
         for tenant in self.keys.tenants:
             await self.keyring.refresh(tenant)
+        await self.keys.sweep()  # private halves a process that died right after a commit left behind
         await self.fleet.sync()  # the ack gate sees every replica's watchers from the first tick
         self.fleet.start()
         self._running.push_async_callback(self.fleet.stop)
@@ -257,6 +252,9 @@ class RotorServer:
         self.server.add_generic_rpc_handlers((token_servicer.handler(), key_admin.handler()))
         flusher = asyncio.create_task(self._flush_refusals(key_admin), name="rotor-refusal-summaries")
         self._running.push_async_callback(_cancel, flusher)
+        if config.keys.key_store == PKCS11:
+            checker = asyncio.create_task(self._watch_key_stores(), name="rotor-key-store-check")
+            self._running.push_async_callback(_cancel, checker)
         if self.metrics.shared:  # one of several workers: keep the shared metric files current
             syncer = asyncio.create_task(self._sync_metrics(), name="rotor-metrics-sync")
             self._running.push_async_callback(_cancel, syncer)
@@ -310,6 +308,52 @@ class RotorServer:
             self._running.push_async_callback(self.http.stop)
         await self._set_health()
 
+    async def _open_key_stores(self) -> KeyStores:
+        """The key store new keys are made in (keys.key_store), and the sealed store for keys sealed
+        before a move to an HSM (they sign until they retire, and verify until they expire)."""
+        config = self.config
+        # a new KEK only for a new store: one that already holds sealed keys needs the KEK that sealed them
+        fresh = await self.store.last_sequence() == 0
+        env_kek = os.environ.get("ROTOR_KEK")
+        if config.keys.key_store != PKCS11:
+            kek, self.kek_created = load_kek(env_kek, config.kek_path, create=fresh)
+            if self.kek_created:
+                log.warning(
+                    "generated a key-encryption key at %s (mode 0600); keep it off the database's backups, "
+                    "or set ROTOR_KEK",
+                    config.kek_path,
+                )
+            return KeyStores(SealedKeyStore(AesGcmSealer(kek)))
+        from rotor.core.hsm import Pkcs11SetupError, open_token  # loads the PKCS#11 binding only when used
+
+        p = config.pkcs11
+        pin = os.environ.get(p.pin_env, "")
+        if not pin:
+            raise Pkcs11SetupError(
+                f"set the environment variable {p.pin_env} to the user PIN of token {p.token_label!r} "
+                "(pkcs11.pin_env names it; the PIN is never read from the config file)"
+            )
+        algorithms = {config.keys.algorithm, *(t.algorithm for t in config.tenants.values() if t.algorithm)}
+        loop = asyncio.get_running_loop()
+        hsm = await loop.run_in_executor(None, open_token, p.module, p.token_label, pin, algorithms)
+        self._running.callback(hsm.close)
+        log.info("signing keys are made on PKCS#11 token %r (%s)", p.token_label, p.module)
+        others: dict[str, KeyStore] = {}
+        if env_kek or config.kek_path.exists():  # sealed keys from before the move to the HSM
+            kek, _ = load_kek(env_kek, config.kek_path, create=False)
+            others[SEALED] = SealedKeyStore(AesGcmSealer(kek))
+        return KeyStores(hsm, others)
+
+    async def _watch_key_stores(self) -> None:
+        """Readiness follows the key stores: an HSM that stops answering makes the server not ready,
+        and its recovery (the check re-initialises the module) makes it ready again."""
+        while True:
+            await asyncio.sleep(KEY_STORE_CHECK)
+            for keystore in self.keystores.all:
+                await keystore.check()
+            if self.ready() != self._serving:  # a failed call may have seen it first
+                await self._set_health()
+
     async def _flush_refusals(self, key_admin: KeyAdminServicer) -> None:
         """Write the summary of each closed minute in which refused calls were left out of the log."""
         while True:
@@ -328,7 +372,11 @@ class RotorServer:
         """Whether this server can do its job: not stopping, and every tenant has a key that signs."""
         # a tenant that has no key yet (just created, its first key on the way) does not count
         tenants = (t for t in self.keys.tenants if t == DEFAULT_TENANT or self.keyring.live(t))
-        return not self._stopping and all(self.keyring.has_active(t) for t in tenants)
+        return (
+            not self._stopping
+            and all(self.keyring.has_active(t) for t in tenants)
+            and all(keystore.healthy for keystore in self.keystores.all)
+        )
 
     async def _on_event(self, event: Event) -> None:
         self.metrics.key_events.labels(event.tenant, event.type.value).inc()
@@ -340,7 +388,7 @@ class RotorServer:
         await self._set_health()
 
     async def _set_health(self) -> None:
-        serving = self.ready()
+        self._serving = serving = self.ready()
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )

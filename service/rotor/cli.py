@@ -120,6 +120,8 @@ async def _prepare_workers(config: Config) -> None:
     from rotor.core.crypto import CryptoError, load_kek
 
     fresh = await _with_store(config, lambda store: store.last_sequence()) == 0  # migrates, too
+    if config.keys.key_store == "pkcs11":  # keys on the token: no KEK to make
+        return
     try:
         load_kek(os.environ.get("ROTOR_KEK"), config.kek_path, create=fresh)
     except (OSError, CryptoError) as e:
@@ -579,10 +581,11 @@ def _key_row(key: Any) -> dict[str, Any]:
         "expires_at": ts(key.expires_at),
         "revoked_at": ts(key.revoked_at),
         "revocation_reason": key.revocation_reason,
+        "key_store": key.key_store,
     }
 
 
-_KEY_COLUMNS = ("kid", "alg", "state", "activates_at", "retires_at", "expires_at")
+_KEY_COLUMNS = ("kid", "alg", "state", "key_store", "activates_at", "retires_at", "expires_at")
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:

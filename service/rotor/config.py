@@ -60,6 +60,16 @@ class KeysConfig:
     activation_requires_ack: bool = False  # a new key signs only once named watchers have it...
     max_ack_wait: float = 60.0  # ...or this long after it was due
     event_retention: float = 7 * 86400.0  # how long events stay replayable by after_sequence
+    key_store: str = "sealed"  # where new keys' private halves live: "sealed" (KEK) or "pkcs11" (an HSM)
+
+
+@dataclass(frozen=True, slots=True)
+class Pkcs11Config:
+    """The HSM of [keys] key_store = "pkcs11"; the PIN comes from the environment, never the file."""
+
+    module: str = ""  # the vendor's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so
+    token_label: str = ""
+    pin_env: str = "ROTOR_PKCS11_PIN"  # the environment variable holding the user PIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +129,7 @@ class Config:
     log_level: str = "info"
     status_access: str = "admin"  # the side port's /status: "admin" (HTTP Basic, audit shown) or "public"
     keys: KeysConfig = field(default_factory=KeysConfig)
+    pkcs11: Pkcs11Config = field(default_factory=Pkcs11Config)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -158,7 +169,9 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "activation_requires_ack": "bool",
         "max_ack_wait": "duration",
         "event_retention": "duration",
+        "key_store": "str",
     },
+    "pkcs11": {"module": "str", "token_label": "str", "pin_env": "str"},
     "tokens": {
         "access_ttl": "duration",
         "max_access_ttl": "duration",
@@ -244,6 +257,7 @@ def config_from_dict(doc: dict[str, Any]) -> Config:
     config = Config(
         **values[""],
         keys=KeysConfig(**values["keys"]),
+        pkcs11=Pkcs11Config(**values["pkcs11"]),
         tokens=TokensConfig(**values["tokens"]),
         tls=TlsConfig(**values["tls"]),
         cluster=ClusterConfig(**values["cluster"]),
@@ -350,6 +364,7 @@ def policy_violations(config: Config) -> list[str]:
         )
     if k.max_ack_wait < 0:
         out.append("keys.max_ack_wait: must not be negative")
+    out += _key_store_violations(config)
     for name, tenant in config.tenants.items():
         if not TENANT.fullmatch(name):
             out.append(f"tenants.{name[:40]}: a tenant name is 1-128 letters, digits, '.', '-' or '_'")
@@ -375,6 +390,22 @@ def policy_violations(config: Config) -> list[str]:
     if not 1 <= config.cluster.pool_size <= 1000:
         out.append(f"cluster.pool_size: {config.cluster.pool_size} is outside 1..1000")
     return out + _limits_violations(config.limits)
+
+
+def _key_store_violations(config: Config) -> list[str]:
+    k, p = config.keys, config.pkcs11
+    if k.key_store not in ("sealed", "pkcs11"):
+        return [f'keys.key_store: {k.key_store[:20]!r} is neither "sealed" nor "pkcs11"']
+    if k.key_store != "pkcs11":
+        return []
+    out = []
+    if not p.module:
+        out.append('pkcs11.module: must name the HSM\'s PKCS#11 library (keys.key_store is "pkcs11")')
+    if not p.token_label:
+        out.append('pkcs11.token_label: must name the token the keys live on (keys.key_store is "pkcs11")')
+    if not p.pin_env:
+        out.append("pkcs11.pin_env: must name the environment variable that holds the token's user PIN")
+    return out
 
 
 def _limits_violations(limits: LimitsConfig) -> list[str]:

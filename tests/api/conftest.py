@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from rotor.app import RotorServer
-from rotor.config import Config, LimitsConfig, TenantConfig, TlsConfig
+from rotor.config import Config, LimitsConfig, Pkcs11Config, TenantConfig, TlsConfig
 
 from .support import BASE_KEYS, BASE_TOKENS, ISSUER, Credentials, Rotor
 
@@ -24,7 +24,10 @@ MakeRotor = Callable[..., Awaitable[Rotor]]
 @pytest.fixture
 async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeRotor]:
     """Factory: await make_rotor(keys={...}, tokens={...}, limits={...}, http_listen=..., tenants={...},
-    status_access=..., **RotorServer options) -> a started Rotor."""
+    status_access=..., pkcs11=..., data_dir=..., **RotorServer options) -> a started Rotor.
+
+    `pkcs11` (the `softhsm` fixture's config) makes new keys on that token; `data_dir` reuses
+    another server's directory (and so its SQLite store and KEK)."""
     monkeypatch.delenv("ROTOR_KEK", raising=False)  # the key file under data_dir, as the tests expect
     started: list[Rotor] = []
 
@@ -38,15 +41,19 @@ async def make_rotor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         limits: dict[str, Any] | None = None,
         listen: str = "127.0.0.1:0",
         status_access: str = "admin",
+        pkcs11: Pkcs11Config | None = None,
+        data_dir: str | None = None,
         **server_options: Any,
     ) -> Rotor:
+        key_store = {"key_store": "pkcs11"} if pkcs11 is not None else {}
         config = Config(
             listen=listen,
             http_listen=http_listen,
             tls=tls or TlsConfig(),
-            data_dir=str(tmp_path / f"data{len(started)}"),
+            data_dir=data_dir or str(tmp_path / f"data{len(started)}"),
             issuer=ISSUER,
-            keys=replace(BASE_KEYS, **(keys or {})),
+            keys=replace(BASE_KEYS, **{**key_store, **(keys or {})}),
+            pkcs11=pkcs11 or Pkcs11Config(),
             tokens=replace(BASE_TOKENS, **(tokens or {})),
             tenants=tenants or {},
             limits=LimitsConfig(**(limits or {})),

@@ -22,6 +22,7 @@ from pathlib import Path
 from rotor.clock import SystemClock
 from rotor.core.crypto import AesGcmSealer, load_kek
 from rotor.core.keys import KeyManager, KeyRing
+from rotor.core.keystore import KeyStores, SealedKeyStore
 from rotor.core.lifecycle import KeyPolicy
 from rotor.store.sqlite import SqliteStore
 
@@ -30,8 +31,8 @@ async def main(db, kek_path, policy):
     store = await SqliteStore.open(db)
     try:
         kek, _ = load_kek(None, Path(kek_path), create=False)
-        sealer = AesGcmSealer(kek)
-        keys = KeyManager(store, sealer, KeyRing(store, sealer), SystemClock(), KeyPolicy(**policy))
+        stores = KeyStores(SealedKeyStore(AesGcmSealer(kek)))
+        keys = KeyManager(store, stores, KeyRing(store, stores), SystemClock(), KeyPolicy(**policy))
         key = await keys.rotate(tenant="", immediate=True, reason="other process")
         print(key.kid)
     finally:

@@ -15,13 +15,16 @@ MakeServer = Callable[..., RotorProcess]
 
 @pytest.fixture
 def make_server(tmp_path: pathlib.Path) -> Iterator[MakeServer]:
-    """Factory: make_server(overrides, start=True) -> a RotorProcess on its own data dir and port."""
+    """Factory: make_server(overrides, start=True, env=None) -> a RotorProcess on its own data dir and
+    port (`env`: variables it gets, such as a token's SOFTHSM2_CONF and PIN)."""
     servers: list[RotorProcess] = []
 
-    def make(overrides: dict[str, Any] | None = None, start: bool = True) -> RotorProcess:
+    def make(
+        overrides: dict[str, Any] | None = None, start: bool = True, env: dict[str, str] | None = None
+    ) -> RotorProcess:
         workdir = tmp_path / f"server{len(servers)}"
         workdir.mkdir()
-        server = RotorProcess(workdir, overrides)
+        server = RotorProcess(workdir, overrides, env)
         servers.append(server)
         return server.start() if start else server
 

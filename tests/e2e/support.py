@@ -164,8 +164,15 @@ def wait_serving(address: str, proc: subprocess.Popen[Any], timeout: float, log:
 class RotorProcess:
     """One `rotor serve --config FILE` process on a private data dir and a free port."""
 
-    def __init__(self, workdir: pathlib.Path, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        overrides: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`env`: variables the process gets beyond PATH (the ROTOR_* of this one are not passed on)."""
         self.workdir = workdir
+        self.env = env or {}
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         config = merged(BASE_CONFIG, {"listen": self.address, "data_dir": str(workdir / "data")})
@@ -183,7 +190,7 @@ class RotorProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                env=env_with_bin(),
+                env=env_with_bin(**self.env),
             )
         wait_serving(self.address, self.proc, timeout, self.log)
         return self

@@ -98,9 +98,10 @@ def test_keys_list_rotate_and_revoke_as_an_admin(make_server: MakeServer) -> Non
     admin = server.add_client("ops", "--admin")
 
     (first,) = json.loads(ok(keys_cmd(server, admin, "list", "--json")))
-    assert first["state"] == "active" and first["alg"] == "EdDSA"
+    assert first["state"] == "active" and first["alg"] == "EdDSA" and first["key_store"] == "sealed"
     rows = table(ok(keys_cmd(server, admin, "list")))
-    assert rows[0][:3] == ["kid", "alg", "state"] and rows[1][:3] == [first["kid"], "EdDSA", "active"]
+    assert rows[0][:4] == ["kid", "alg", "state", "key_store"]
+    assert rows[1][:4] == [first["kid"], "EdDSA", "active", "sealed"]
     via_config = json.loads(ok(server.cli("keys", "list", "--json", env=admin_env(admin))))  # listen from it
     assert [k["kid"] for k in via_config] == [first["kid"]]
 

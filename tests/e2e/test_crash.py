@@ -318,11 +318,16 @@ def wait_for_progress(workers: list[Worker], within: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "sqlite-pkcs11"])
 def crash_server(request: pytest.FixtureRequest, make_server: MakeServer) -> RotorProcess:
-    """A server on SQLite, or on a fresh PostgreSQL schema (skipped where there is none, but in CI)."""
+    """A server on SQLite, or on a fresh PostgreSQL schema (skipped where there is none, but in CI);
+    sqlite-pkcs11: its keys on a SoftHSM2 token."""
     if request.param == "postgres":
         return make_server({"database_url": request.getfixturevalue("database_url")})
+    if request.param == "sqlite-pkcs11":
+        hsm = request.getfixturevalue("softhsm")
+        pkcs11 = {"module": hsm.module, "token_label": hsm.label, "pin_env": "ROTOR_PKCS11_PIN"}
+        return make_server({"keys": {"key_store": "pkcs11"}, "pkcs11": pkcs11}, env=hsm.env)
     return make_server()
 
 

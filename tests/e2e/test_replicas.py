@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 import rotor_client
+from rotor.core.crypto import verify_signature
 
 from .support import (
     FAST_RECONNECT,
@@ -51,15 +52,24 @@ def replica_config(database_url: str, kek: pathlib.Path, **keys: str) -> dict[st
     }
 
 
-@pytest.fixture
-def start_replicas(tmp_path: pathlib.Path, database_url: str) -> Iterator[Any]:
+@pytest.fixture(params=["sealed", "pkcs11"])
+def start_replicas(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path, database_url: str
+) -> Iterator[Any]:
+    """Replicas on one PostgreSQL schema, with keys sealed under one KEK or on one SoftHSM2 token."""
     started: list[RotorProcess] = []
+    config, env = replica_config(database_url, tmp_path / "kek.key"), {}
+    if request.param == "pkcs11":
+        hsm = request.getfixturevalue("softhsm")
+        config["keys"]["key_store"] = "pkcs11"
+        config["pkcs11"] = {"module": hsm.module, "token_label": hsm.label, "pin_env": "ROTOR_PKCS11_PIN"}
+        env = hsm.env
 
     def start(n: int = 3, **keys: str) -> list[RotorProcess]:
         for _ in range(n):
             workdir = tmp_path / f"replica{len(started)}"
             workdir.mkdir()
-            replica = RotorProcess(workdir, replica_config(database_url, tmp_path / "kek.key", **keys))
+            replica = RotorProcess(workdir, {**config, "keys": {**config["keys"], **keys}}, env)
             started.append(replica.start())  # one after another: the first creates the KEK file
         return started[-n:]
 
@@ -129,6 +139,25 @@ def test_a_rotation_on_one_replica_reaches_watchers_on_the_others(start_replicas
     finally:
         for stream in streams:
             stream.cancel()
+
+
+def test_a_key_made_on_one_replica_signs_on_another(start_replicas: Any) -> None:
+    """RotateKeys on replica 1; Issue on replica 2 signs with the new key (on one token, with pkcs11)."""
+    first, second = start_replicas(2)
+    ops = first.add_client("ops", "--admin")
+    svc = first.add_client("svc", "--audience", "api")
+    request = rotor_client.RotateKeysRequest(reason="test", immediate=True)
+    kid = first.admin().RotateKeys(request, metadata=basic(ops), timeout=30).key.kid
+    deadline = time.monotonic() + 30
+    while True:  # replica 2 installs the key when the event reaches it
+        issued = second.tokens().Issue(rotor_client.IssueRequest(), metadata=basic(svc), timeout=30)
+        if issued.key_id == kid or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert issued.key_id == kid
+    keys = second.admin().ListKeys(rotor_client.ListKeysRequest(), metadata=basic(ops), timeout=30).keys
+    key = next(k for k in keys if k.kid == kid)
+    assert verify_signature(issued.access_token, key.public_jwk_json, key.alg)
 
 
 def test_a_watcher_resumes_by_sequence_on_another_replica(start_replicas: Any) -> None:

@@ -261,6 +261,13 @@ class TestKeys:
             assert await tx.get_key("k1") == key
         assert await store.get_key("k1") == key
 
+    async def test_a_key_on_a_token_reads_back_with_its_key_store_and_label(self, store: Store) -> None:
+        key = a_key("k1", KeyState.ACTIVE, sealed_private=b"k1", key_store="pkcs11")
+        async with store.transaction() as tx:
+            await tx.insert_key(key)
+        assert await store.get_key("k1") == key
+        assert (await store.list_keys(""))[0].key_store == "pkcs11"
+
     async def test_unknown_kid_reads_as_none(self, store: Store) -> None:
         assert await store.get_key("nope") is None
 

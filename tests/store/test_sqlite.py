@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from rotor.clock import FakeClock
 from rotor.core.crypto import AesGcmSealer, PrivateKey, private_from_bytes
 from rotor.core.keys import KeyManager, KeyRing
+from rotor.core.keystore import KeyStores, SealedKeyStore
 from rotor.core.lifecycle import KeyPolicy
 from rotor.store import Store, StoreError, Unavailable
 from rotor.store.sqlite import SqliteStore
@@ -52,11 +53,11 @@ def _raw_private_bytes(private: PrivateKey) -> list[bytes]:
 async def test_database_files_hold_no_private_key_in_the_clear(open_store: OpenStore, algorithm: str) -> None:
     store = await open_store()
     kek = os.urandom(32)
-    sealer = AesGcmSealer(kek)
+    stores = KeyStores(SealedKeyStore(AesGcmSealer(kek)))
     keys = KeyManager(
         store,
-        sealer,
-        KeyRing(store, sealer),
+        stores,
+        KeyRing(store, stores),
         FakeClock(),
         KeyPolicy(rotation_period=86400, publish_lead=600, max_access_ttl=3600, clock_skew=60),
         algorithm=algorithm,

@@ -201,6 +201,18 @@ def violations(doc: dict[str, Any]) -> list[str]:
         pytest.param({"limits": {"keepalive_time": "1ms"}}, "limits.keepalive_time", id="keepalive-1ms"),
         pytest.param({"limits": {"write_timeout": 10}}, "limits.write_timeout", id="timeout-as-int"),
         pytest.param({"status_access": "everyone"}, "status_access", id="unknown-status-access"),
+        pytest.param({"keys": {"key_store": "kms"}}, "keys.key_store", id="unknown-key-store"),
+        pytest.param(
+            {"keys": {"key_store": "pkcs11"}, "pkcs11": {"token_label": "rotor"}},
+            "pkcs11.module",
+            id="pkcs11-without-module",
+        ),
+        pytest.param(
+            {"keys": {"key_store": "pkcs11"}, "pkcs11": {"module": "/usr/lib/softhsm/libsofthsm2.so"}},
+            "pkcs11.token_label",
+            id="pkcs11-without-token",
+        ),
+        pytest.param({"pkcs11": {"pin": "1234"}}, "pkcs11.pin", id="pin-in-the-file"),
     ],
 )
 def test_each_violation_is_one_line_naming_the_key(doc: dict[str, Any], key: str) -> None:

@@ -8,7 +8,7 @@ import json
 import pytest
 from rotor.clock import FakeClock
 from rotor.core import lifecycle
-from rotor.core.crypto import AesGcmSealer, b64url_decode, decode_unverified
+from rotor.core.crypto import b64url_decode, decode_unverified
 from rotor.core.errors import (
     KeyNotFound,
     KeyNotRevocable,
@@ -19,6 +19,7 @@ from rotor.core.errors import (
     TenantNotFound,
 )
 from rotor.core.keys import APPROVAL_WINDOW, KeyManager, KeyRing
+from rotor.core.keystore import PKCS11, KeyStores
 from rotor.core.lifecycle import Step, Transition
 from rotor.core.model import EventType, KeyState, SigningKey
 from rotor.store.sqlite import SqliteStore
@@ -247,6 +248,21 @@ async def assert_key_invariants(keys: KeyManager, store: SqliteStore) -> None:
             assert key.sealed_private is not None, key
         else:
             assert key.sealed_private is None, key
+    await assert_store_holds_exactly_the_keys_that_may_sign(keys, stored)
+
+
+async def assert_store_holds_exactly_the_keys_that_may_sign(
+    keys: KeyManager, stored: list[SigningKey]
+) -> None:
+    """A key store outside the database (the token) holds the private halves of the pending and active
+    keys and nothing else: retired, revoked and expired keys' objects, and lost-race spares, are gone."""
+    current = keys.keystores.current
+    assert all(k.key_store == current.name for k in stored), [(k.kid, k.key_store) for k in stored]
+    if current.name == PKCS11:
+        assert await current.held() == {k.kid for k in stored if k.sealed_private is not None}
+        for key in stored:
+            if key.sealed_private is not None:
+                assert key.sealed_private == key.kid.encode()  # the database holds only the label
 
 
 async def assert_events_carry_the_live_key_set(store: SqliteStore, after: int) -> None:
@@ -633,18 +649,18 @@ async def test_every_algorithm_yields_a_public_jwk_that_verifies_its_tokens(
     assert not set(jwk) & set(PRIVATE_MEMBERS)
     if ALGORITHMS[algorithm] == "RSA":
         assert len(b64url_decode(jwk["n"])) == 2048 // 8
-    token = keys.keyring.signer("").sign({"sub": "svc-a", "iat": int(T0), "exp": int(T0) + 60})
+    token = await keys.keyring.signer("").sign({"sub": "svc-a", "iat": int(T0), "exp": int(T0) + 60})
     header, _ = decode_unverified(token)
     assert header == {"alg": algorithm, "kid": key.kid, "typ": "at+jwt"}
     assert verify(token, key)["sub"] == "svc-a"
 
 
 async def test_racing_schedulers_on_one_database_apply_each_transition_once(
-    store: SqliteStore, sealer: AesGcmSealer, clock: FakeClock
+    store: SqliteStore, keystores: KeyStores, clock: FakeClock
 ) -> None:
     other = await SqliteStore.open(store.path)  # another process on the same file
     try:
-        schedulers = [KeyManager(s, sealer, KeyRing(s, sealer), clock, POLICY) for s in (store, other)]
+        schedulers = [KeyManager(s, keystores, KeyRing(s, keystores), clock, POLICY) for s in (store, other)]
 
         async def race() -> list[EventType]:
             seen = await last(store)
@@ -658,5 +674,7 @@ async def test_racing_schedulers_on_one_database_apply_each_transition_once(
         assert await race() == [ACTIVATED, RETIRED]
         assert len(await store.list_keys("")) == 2
         assert len(await store.list_keys("", [KeyState.ACTIVE])) == 1
+        # the loser's spare keys were destroyed, not left on the token
+        await assert_store_holds_exactly_the_keys_that_may_sign(schedulers[0], await store.list_keys(""))
     finally:
         await other.close()

@@ -447,7 +447,7 @@ class TestRevokeAccessToken:
         self, tokens: TokenService, keys: KeyManager, store: SqliteStore
     ) -> None:
         signer = keys.keyring.signer("")
-        token = signer.sign(
+        token = await signer.sign(
             {"iss": "https://elsewhere", "jti": "j" * 22, "exp": int(T0) + 60, "client_id": "svc-a"}
         )
         assert await revoke(tokens, token) is False

@@ -111,7 +111,15 @@ def client_changes(paths: Sequence[str], c: key_admin_pb2.Client) -> dict[str, A
     return changes
 
 
+def admin_key(k: SigningKey) -> keys_pb2.Key:
+    """A key as KeyAdmin answers show it: with where its private half lives."""
+    msg = key(k)
+    msg.key_store = k.key_store
+    return msg
+
+
 def key(k: SigningKey) -> keys_pb2.Key:
+    """A key as a key set shows it: the public half and the timeline."""
     msg = keys_pb2.Key(
         kid=k.kid,
         alg=k.alg,

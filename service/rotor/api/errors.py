@@ -57,6 +57,7 @@ STATUS_OF: dict[type[e.RotorError], grpc.StatusCode] = {
     e.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     e.NoActiveKey: grpc.StatusCode.UNAVAILABLE,
     e.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    e.SignerUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -94,6 +95,7 @@ OAUTH_ERROR_OF: dict[type[e.RotorError], tuple[int, str]] = {
     e.ShuttingDown: (503, "temporarily_unavailable"),
     e.NoActiveKey: (503, "temporarily_unavailable"),
     e.StoreUnavailable: (503, "temporarily_unavailable"),
+    e.SignerUnavailable: (503, "temporarily_unavailable"),
 }
 
 # reasons that have an OAuth error of their own, whatever their class

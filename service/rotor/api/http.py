@@ -6,7 +6,7 @@
     POST /oauth2/token, /oauth2/revoke, /oauth2/introspect   OAuth 2.0 (rotor.api.oauth)
     GET /metrics                              Prometheus text format
     GET /healthz                              the process answers
-    GET /readyz                               it can sign: every tenant has an active key
+    GET /readyz                               it can sign: every tenant has an active key, the HSM answers
     GET /status, /status.json, /status/events the live status page (rotor.api.status_page)
 
 The JWKS carries `Cache-Control: max-age` no longer than `max_cache_age`
@@ -178,7 +178,13 @@ class HttpSide:
     async def readyz(self, request: web.Request) -> web.Response:
         if self._ready():
             return _json({"status": "ready"}, 200)
-        return _json({"status": "not ready", "message": "no active signing key yet, or shutting down"}, 503)
+        return _json(
+            {
+                "status": "not ready",
+                "message": "no active signing key yet, the key store (HSM) cannot sign, or shutting down",
+            },
+            503,
+        )
 
 
 def _json(document: object, status: int, headers: dict[str, str] | None = None) -> web.Response:

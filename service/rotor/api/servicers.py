@@ -370,7 +370,7 @@ class KeyAdminServicer:
         key = await self._keys.rotate(
             tenant, immediate=request.immediate, reason=reason, actor=admin.client_id
         )
-        return key_admin_pb2.RotateKeysResponse(key=convert.key(key))
+        return key_admin_pb2.RotateKeysResponse(key=convert.admin_key(key))
 
     @unary
     async def revoke_key(
@@ -385,7 +385,7 @@ class KeyAdminServicer:
             kid, reason=validation.reason(request.reason), actor=admin.client_id
         )
         return key_admin_pb2.RevokeKeyResponse(
-            key=convert.key(revocation.key),
+            key=convert.admin_key(revocation.key),
             operation_id=revocation.operation_id,
             pending_approval=revocation.pending_approval,
         )
@@ -402,7 +402,7 @@ class KeyAdminServicer:
             if operation is not None:
                 await self._within(admin, operation.tenant, "ApproveOperation", context)
         key = await self._keys.approve(operation_id, actor=admin.client_id)
-        return key_admin_pb2.ApproveOperationResponse(key=convert.key(key))
+        return key_admin_pb2.ApproveOperationResponse(key=convert.admin_key(key))
 
     @unary
     async def list_keys(
@@ -412,7 +412,7 @@ class KeyAdminServicer:
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
         await self._within(admin, tenant, "ListKeys", context)
         keys = await self._keys.list_keys(tenant, include_expired=request.include_expired)
-        return key_admin_pb2.ListKeysResponse(keys=[convert.key(k) for k in keys])
+        return key_admin_pb2.ListKeysResponse(keys=[convert.admin_key(k) for k in keys])
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return service(

@@ -81,7 +81,12 @@ def thumbprint(jwk: dict[str, Any]) -> str:
 
 def public_jwk(key: PrivateKey, alg: str) -> dict[str, Any]:
     """The public half of `key` as a JWK with kid (its thumbprint), alg and use."""
-    members = jwt.get_algorithm_by_name(alg).to_jwk(key.public_key(), as_dict=True)
+    return jwk_of_public(key.public_key(), alg)
+
+
+def jwk_of_public(key: PublicKey, alg: str) -> dict[str, Any]:
+    """A public key as a JWK with kid (its thumbprint), alg and use."""
+    members = jwt.get_algorithm_by_name(alg).to_jwk(key, as_dict=True)
     public = {
         m: v for m, v in members.items() if m not in ("d", "p", "q", "dp", "dq", "qi", "k", "oth", "key_ops")
     }

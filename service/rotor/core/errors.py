@@ -22,7 +22,7 @@
     ├── KeyNotFound / OperationNotFound / TenantNotFound
     ├── OperationAlreadyApplied / OperationExpired / KeyNotRevocable
     ├── TooManyWatchers / TooManyRequests / WatcherTooSlow
-    └── ShuttingDown / NoActiveKey / StoreUnavailable
+    └── ShuttingDown / NoActiveKey / StoreUnavailable / SignerUnavailable
 
 The api layer maps each class to a status code in one table; `reason` is the
 `google.rpc.ErrorInfo` reason.
@@ -262,3 +262,10 @@ class StoreUnavailable(RotorError):
     """Raised when the store cannot be reached or is busy; the call may be retried."""
 
     reason = "STORE_UNAVAILABLE"
+
+
+class SignerUnavailable(RotorError):
+    """Raised when the key store cannot sign now (the HSM or its token is away); nothing was
+    changed, and the call may be retried."""
+
+    reason = "SIGNER_UNAVAILABLE"

@@ -15,20 +15,11 @@ import logging
 import math
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from rotor.clock import Clock
 from rotor.core import audit, lifecycle
-from rotor.core.crypto import (
-    Sealer,
-    Signer,
-    generate_private_key,
-    private_from_bytes,
-    private_to_bytes,
-    probe,
-    public_jwk,
-)
+from rotor.core.crypto import CryptoError
 from rotor.core.errors import (
     KeyNotFound,
     KeyNotRevocable,
@@ -37,9 +28,11 @@ from rotor.core.errors import (
     OperationExpired,
     OperationNotFound,
     SelfApproval,
+    SignerUnavailable,
     TenantNotFound,
     quote,
 )
+from rotor.core.keystore import KeyStores, TokenSigner, probe
 from rotor.core.lifecycle import KeyPolicy, Step
 from rotor.core.model import (
     DEFAULT_TENANT,
@@ -57,8 +50,6 @@ from rotor.store import Store, Tx
 log = logging.getLogger("rotor.keys")
 
 APPROVAL_WINDOW = 3600.0  # how long a revocation waits for its second admin
-# Key generation has a thread of its own: never queued behind other work.
-_KEYGEN = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotor-keygen")
 
 
 class KeyRing:
@@ -71,11 +62,11 @@ class KeyRing:
     replaces a newer one.
     """
 
-    def __init__(self, store: Store, sealer: Sealer) -> None:
+    def __init__(self, store: Store, keystores: KeyStores) -> None:
         self._store = store
-        self._sealer = sealer
+        self._keystores = keystores
         self._live: dict[str, tuple[SigningKey, ...]] = {}
-        self._signers: dict[str, Signer] = {}
+        self._signers: dict[str, TokenSigner] = {}
         self._sequence: dict[str, int] = {}
 
     async def refresh(self, tenant: str) -> None:
@@ -95,9 +86,10 @@ class KeyRing:
             if active.sealed_private is None:
                 log.error("active key %s has no private half; it cannot sign", active.kid)
                 self._signers.pop(tenant, None)
-            else:
-                private = private_from_bytes(self._sealer.unseal(active.sealed_private, active.kid.encode()))
-                self._signers[tenant] = Signer.for_key(active.kid, active.alg, private)
+            else:  # CryptoError (a wrong KEK, a store this server lacks): start-up refuses
+                self._signers[tenant] = self._keystores.of(active).signer(
+                    active.kid, active.alg, active.sealed_private
+                )
         self._live[tenant] = live
         self._sequence[tenant] = sequence
 
@@ -109,7 +101,7 @@ class KeyRing:
         """The event sequence the tenant's view reflects."""
         return self._sequence.get(tenant, 0)
 
-    def signer(self, tenant: str) -> Signer:
+    def signer(self, tenant: str) -> TokenSigner:
         signer = self._signers.get(tenant)
         if signer is None:
             raise NoActiveKey("no signing key is active yet; the server is starting, retry in a moment")
@@ -148,7 +140,7 @@ class KeyManager:
     def __init__(
         self,
         store: Store,
-        sealer: Sealer,
+        keystores: KeyStores,
         keyring: KeyRing,
         clock: Clock,
         policy: KeyPolicy,
@@ -164,7 +156,7 @@ class KeyManager:
         """`ack_gate(tenant, kid)` names the watchers that have not yet been sent a pending key;
         with it, a key activates once none is left, or `max_ack_wait` after it was due."""
         self._store = store
-        self._sealer = sealer
+        self.keystores = keystores
         self.keyring = keyring
         self._clock = clock
         self.policy = policy
@@ -221,26 +213,68 @@ class KeyManager:
     # -- key material -----------------------------------------------------
 
     async def _prepare_key(self, tenant: str) -> SigningKey:
-        """A new key, probed and sealed; its state and timeline are set when it is installed."""
-        loop = asyncio.get_running_loop()
+        """A new key in the current key store, probed; its state and timeline are set when it is
+        installed. A key that fails its probe is destroyed."""
+        keystore = self.keystores.current
         algorithm = self.algorithm(tenant)
-        private = await loop.run_in_executor(_KEYGEN, generate_private_key, algorithm, self._rsa_bits)
-        jwk = public_jwk(private, algorithm)
-        kid = jwk["kid"]
-        probe(Signer.for_key(kid, algorithm, private), jwk)
-        sealed = self._sealer.seal(private_to_bytes(private), kid.encode())
+        made = await keystore.make(algorithm, self._rsa_bits)
+        try:
+            await probe(keystore.signer(made.kid, algorithm, made.private_ref), made.jwk)
+        except BaseException:
+            await self._destroy_quietly(keystore.name, made.kid, made.private_ref)
+            raise
         return SigningKey(
-            kid=kid,
+            kid=made.kid,
             tenant=tenant,
             alg=algorithm,
             state=KeyState.PENDING,
-            public_jwk=json.dumps(jwk, separators=(",", ":")),
-            sealed_private=sealed,
+            public_jwk=json.dumps(made.jwk, separators=(",", ":")),
+            sealed_private=made.private_ref,
             created_at=0.0,
             activates_at=0.0,
             retires_at=0.0,
             expires_at=0.0,
+            key_store=keystore.name,
         )
+
+    async def _destroy_quietly(self, store_name: str, kid: str, private_ref: bytes | None) -> None:
+        """Destroy a private half; a device away leaves it to the next sweep (`sweep`)."""
+        for keystore in self.keystores.all:
+            if keystore.name == store_name:
+                try:
+                    await keystore.destroy(kid, private_ref)
+                except (SignerUnavailable, CryptoError) as e:
+                    log.warning(
+                        "could not destroy the private half of key %s yet (%s); the next sweep will", kid, e
+                    )
+
+    async def _destroy_halves(
+        self, changes: Sequence[tuple[EventType, SigningKey]], spare: SigningKey | None = None
+    ) -> None:
+        """After a commit: destroy the private halves the transaction let go (retired, revoked and
+        expired keys), and a spare key no transaction installed."""
+        installed = {k.kid for _, k in changes}
+        for _, key in changes:
+            if key.sealed_private is None:
+                await self._destroy_quietly(key.key_store, key.kid, None)
+        if spare is not None and spare.kid not in installed:
+            await self._destroy_quietly(spare.key_store, spare.kid, spare.sealed_private)
+
+    async def sweep(self) -> int:
+        """Destroy private halves a store still holds for keys whose private half the database
+        already let go (a process that died between the commit and the destroy). Keys the database
+        does not know are left alone: another process may be about to install one. Returns how many."""
+        destroyed = 0
+        for keystore in self.keystores.all:
+            held = await keystore.held()
+            if not held:
+                continue
+            for tenant in self.tenants:
+                for key in await self._store.list_keys(tenant):
+                    if key.kid in held and key.sealed_private is None:
+                        await self._destroy_quietly(keystore.name, key.kid, None)
+                        destroyed += 1
+        return destroyed
 
     def _install(self, key: SigningKey, state: KeyState, now: float, activates_at: float) -> SigningKey:
         retires_at, expires_at = lifecycle.planned_timeline(now, activates_at, self.policy)
@@ -309,24 +343,33 @@ class KeyManager:
         spare = None
         if any(t.step in (Step.BOOTSTRAP, Step.PUBLISH_NEXT) for t in plan):
             spare = await self._prepare_key(tenant)
-        async with self._store.transaction() as tx:
-            await tx.lock_keys(tenant)
-            now = self._clock.now()
-            if lease is not None and not await tx.holds_lease(lease.name, lease.holder, lease.fencing, now):
-                log.warning("lost the %s lease; leaving tenant %r to its new holder", lease.name, tenant)
-                return None
-            keys = await tx.list_keys(tenant, LIVE_STATES)
-            changes: list[tuple[EventType, SigningKey]] = []
-            for transition in lifecycle.due(keys, now, self.policy):  # again: another process may have acted
-                changes += await self._apply(tx, transition, keys, now, spare)
-            keyset, sequence = await self._append(tx, tenant, now, changes)
-        if changes:
-            log.info(
-                "key transitions for tenant %r: %s",
-                tenant,
-                ", ".join(f"{t.value} {k.kid}" for t, k in changes),
-            )
-            self._after_change(tenant, keyset, sequence)
+        committed: list[tuple[EventType, SigningKey]] = []
+        try:
+            async with self._store.transaction() as tx:
+                await tx.lock_keys(tenant)
+                now = self._clock.now()
+                if lease is not None and not await tx.holds_lease(
+                    lease.name, lease.holder, lease.fencing, now
+                ):
+                    log.warning("lost the %s lease; leaving tenant %r to its new holder", lease.name, tenant)
+                    return None
+                keys = await tx.list_keys(tenant, LIVE_STATES)
+                changes: list[tuple[EventType, SigningKey]] = []
+                for transition in lifecycle.due(
+                    keys, now, self.policy
+                ):  # again: another process may have acted
+                    changes += await self._apply(tx, transition, keys, now, spare)
+                keyset, sequence = await self._append(tx, tenant, now, changes)
+            committed = changes
+            if changes:
+                log.info(
+                    "key transitions for tenant %r: %s",
+                    tenant,
+                    ", ".join(f"{t.value} {k.kid}" for t, k in changes),
+                )
+                self._after_change(tenant, keyset, sequence)
+        finally:  # after the key ring moved on: no signer of this process uses a destroyed half
+            await self._destroy_halves(committed, spare)
         next_at = lifecycle.next_change_at(keyset, self.policy)
         if next_at is not None and next_at <= now:  # due but held back (an activation awaiting acks)
             next_at = now + ACK_POLL
@@ -416,40 +459,45 @@ class KeyManager:
             if pending is not None:
                 return pending
         spare = await self._prepare_key(tenant)
-        async with self._store.transaction() as tx:
-            await tx.lock_keys(tenant)
-            now = self._clock.now()
-            keys = await tx.list_keys(tenant, LIVE_STATES)
-            active, pending = lifecycle.active_key(keys), lifecycle.pending_key(keys)
-            changes: list[tuple[EventType, SigningKey]] = []
-            if not immediate:
-                if pending is not None:
-                    return pending
-                key = self._install(spare, KeyState.PENDING, now, now + self.policy.publish_lead)
-                await tx.insert_key(key)
-                changes.append((EventType.KEY_PUBLISHED, key))
-            else:
-                superseded = [lifecycle.expire(k) for k in keys if k.state is KeyState.PENDING]
-                for k in superseded:
-                    await tx.update_key(k, KeyState.PENDING)
-                if active is not None:
-                    retired = lifecycle.retire(active, now, self.policy)
-                    await tx.update_key(retired, KeyState.ACTIVE)
-                key = self._install(spare, KeyState.ACTIVE, now, now)
-                await tx.insert_key(key)
-                changes += [(EventType.KEY_PUBLISHED, key), (EventType.KEY_ACTIVATED, key)]
-                if active is not None:
-                    changes.append((EventType.KEY_RETIRED, retired))
-                changes += [(EventType.KEY_EXPIRED, k) for k in superseded]
-            keyset, sequence = await self._append(tx, tenant, now, changes, actor, reason)
-        log.info(
-            "rotated keys of tenant %r (immediate=%s): new key %s; reason: %s",
-            tenant,
-            immediate,
-            key.kid,
-            reason,
-        )
-        self._after_change(tenant, keyset, sequence)
+        committed: list[tuple[EventType, SigningKey]] = []
+        try:
+            async with self._store.transaction() as tx:
+                await tx.lock_keys(tenant)
+                now = self._clock.now()
+                keys = await tx.list_keys(tenant, LIVE_STATES)
+                active, pending = lifecycle.active_key(keys), lifecycle.pending_key(keys)
+                changes: list[tuple[EventType, SigningKey]] = []
+                if not immediate:
+                    if pending is not None:
+                        return pending
+                    key = self._install(spare, KeyState.PENDING, now, now + self.policy.publish_lead)
+                    await tx.insert_key(key)
+                    changes.append((EventType.KEY_PUBLISHED, key))
+                else:
+                    superseded = [lifecycle.expire(k) for k in keys if k.state is KeyState.PENDING]
+                    for k in superseded:
+                        await tx.update_key(k, KeyState.PENDING)
+                    if active is not None:
+                        retired = lifecycle.retire(active, now, self.policy)
+                        await tx.update_key(retired, KeyState.ACTIVE)
+                    key = self._install(spare, KeyState.ACTIVE, now, now)
+                    await tx.insert_key(key)
+                    changes += [(EventType.KEY_PUBLISHED, key), (EventType.KEY_ACTIVATED, key)]
+                    if active is not None:
+                        changes.append((EventType.KEY_RETIRED, retired))
+                    changes += [(EventType.KEY_EXPIRED, k) for k in superseded]
+                keyset, sequence = await self._append(tx, tenant, now, changes, actor, reason)
+            committed = changes
+            log.info(
+                "rotated keys of tenant %r (immediate=%s): new key %s; reason: %s",
+                tenant,
+                immediate,
+                key.kid,
+                reason,
+            )
+            self._after_change(tenant, keyset, sequence)
+        finally:
+            await self._destroy_halves(committed, spare)
         return key
 
     async def revoke(self, kid: str, *, reason: str, actor: str) -> Revocation:
@@ -520,15 +568,20 @@ class KeyManager:
         self, kid: str, reason: str, actor: str, approval: tuple[str, str] | None = None
     ) -> SigningKey:
         spare: SigningKey | None = None
-        while True:
-            try:
-                return await self._revoke_once(kid, reason, actor, approval, spare)
-            except _NeedSpareKey as need:
-                spare = await self._prepare_key(str(need))
+        committed: list[tuple[EventType, SigningKey]] = []
+        try:
+            while True:
+                try:
+                    revoked, committed = await self._revoke_once(kid, reason, actor, approval, spare)
+                    return revoked
+                except _NeedSpareKey as need:
+                    spare = await self._prepare_key(str(need))
+        finally:
+            await self._destroy_halves(committed, spare)
 
     async def _revoke_once(
         self, kid: str, reason: str, actor: str, approval: tuple[str, str] | None, spare: SigningKey | None
-    ) -> SigningKey:
+    ) -> tuple[SigningKey, list[tuple[EventType, SigningKey]]]:
         async with self._store.transaction() as tx:
             now = self._clock.now()
             if approval is not None:
@@ -549,7 +602,7 @@ class KeyManager:
                 raise KeyNotFound(f"no key with kid {quote(kid)}; ListKeys shows the kids")
             match key.state:
                 case KeyState.REVOKED:
-                    return key
+                    return key, []
                 case KeyState.EXPIRED:
                     raise KeyNotRevocable(
                         f"key {kid} has already expired; nothing signed by it still verifies"
@@ -586,7 +639,7 @@ class KeyManager:
                 )
         log.warning("revoked key %s of tenant %r: %s", kid, key.tenant, reason)
         self._after_change(key.tenant, keyset, sequence)
-        return revoked
+        return revoked, changes
 
     async def list_keys(self, tenant: str, *, include_expired: bool) -> list[SigningKey]:
         self.check_tenant(tenant)

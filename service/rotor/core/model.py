@@ -37,20 +37,23 @@ LIVE_STATES = (KeyState.PENDING, KeyState.ACTIVE, KeyState.RETIRED)
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
-    """One signing key: its public half, sealed private half and timeline."""
+    """One signing key: its public half, the reference to its private half, and its timeline."""
 
     kid: str
     tenant: str
     alg: str
     state: KeyState
     public_jwk: str  # JSON text: kid, kty, alg, use and the public members
-    sealed_private: bytes | None  # None once destroyed
+    # the private half as the database holds it: sealed under the KEK (key_store "sealed") or the
+    # label of the token object holding it (key_store "pkcs11"); None once destroyed
+    sealed_private: bytes | None
     created_at: float
     activates_at: float
     retires_at: float
     expires_at: float
     revoked_at: float | None = None
     revocation_reason: str = ""
+    key_store: str = "sealed"  # which KeyStore holds the private half (rotor.core.keystore)
 
     def public_dict(self) -> dict[str, Any]:
         """The key without its private half, as JSON-ready values (event payloads)."""
@@ -66,6 +69,7 @@ class SigningKey:
             "expires_at": self.expires_at,
             "revoked_at": self.revoked_at,
             "revocation_reason": self.revocation_reason,
+            "key_store": self.key_store,
         }
 
     @classmethod
@@ -83,6 +87,7 @@ class SigningKey:
             expires_at=d["expires_at"],
             revoked_at=d["revoked_at"],
             revocation_reason=d["revocation_reason"],
+            key_store=d.get("key_store", "sealed"),  # events written before the column existed
         )
 
     def evolve(self, **changes: Any) -> SigningKey:

@@ -21,6 +21,7 @@ import secrets
 import socket
 
 from rotor.clock import Clock
+from rotor.core.errors import SignerUnavailable
 from rotor.core.keys import KeyManager
 from rotor.core.model import Lease
 from rotor.store import Store, StoreError
@@ -83,6 +84,10 @@ class Rotator:
             removed = await self._store.prune(now - self._keys.policy.clock_skew, now - self._event_retention)
             if removed:
                 log.info("pruned %d expired rows", removed)
+            try:
+                await self._keys.sweep()
+            except SignerUnavailable as e:  # the HSM away: the next round sweeps
+                log.warning("cannot sweep destroyed keys' private halves yet: %s", e)
         return next_at
 
     async def _renew_lease(self) -> Lease | None:

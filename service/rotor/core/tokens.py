@@ -128,7 +128,7 @@ class TokenService:
             )
         lifetime = self._lifetime(ttl)
         now = self._clock.now()
-        refresh_token, refresh_expires_at = "", None
+        refresh_token, refresh_expires_at, family = "", None, None
         if self.policy.refresh_ttl > 0:
             refresh_token = secrets.token_urlsafe(32)
             family = RefreshFamily(
@@ -142,6 +142,19 @@ class TokenService:
                 expires_at=now + self.policy.refresh_family_ttl,
             )
             refresh_expires_at = min(now + self.policy.refresh_ttl, family.expires_at)
+        # signed before anything is written: a signer that fails leaves no grant behind
+        issued = await self._sign(
+            client,
+            subject or client.client_id,
+            audiences,
+            scopes,
+            lifetime,
+            now,
+            refresh_token,
+            refresh_expires_at,
+            bound_to,
+        )
+        if family is not None and refresh_expires_at is not None:
             async with self._store.transaction() as tx:
                 await tx.insert_family(family)
                 await tx.insert_refresh_token(
@@ -153,17 +166,7 @@ class TokenService:
                         refresh_expires_at,
                     )
                 )
-        return self._sign(
-            client,
-            subject or client.client_id,
-            audiences,
-            scopes,
-            lifetime,
-            now,
-            refresh_token,
-            refresh_expires_at,
-            bound_to,
-        )
+        return issued
 
     def _granted_audiences(self, client: Client, requested: tuple[str, ...]) -> tuple[str, ...]:
         if not requested:
@@ -201,7 +204,7 @@ class TokenService:
             )
         return max(1, int(ttl))
 
-    def _sign(
+    async def _sign(
         self,
         client: Client,
         subject: str,
@@ -230,7 +233,7 @@ class TokenService:
         if bound_to:
             claims["cnf"] = {"x5t#S256": bound_to}
         return IssuedTokens(
-            access_token=signer.sign(claims),
+            access_token=await signer.sign(claims),
             expires_at=iat + lifetime,
             refresh_token=refresh_token,
             refresh_expires_at=refresh_expires_at,
@@ -295,6 +298,19 @@ class TokenService:
                     raise RefreshTokenExpired("this refresh token has expired; Issue a new grant")
                 narrowed = self._narrow(client, family, scopes)
                 refresh_expires_at = min(now + self.policy.refresh_ttl, family.expires_at)
+                # signed inside the transaction: a signer that fails rolls it back, so the
+                # presented refresh token is not used up
+                issued = await self._sign(
+                    client,
+                    family.subject,
+                    family.audiences,
+                    narrowed,
+                    self._lifetime(None),
+                    now,
+                    successor,
+                    refresh_expires_at,
+                    bound_to,
+                )
                 await tx.insert_refresh_token(
                     RefreshToken(
                         refresh_token_hash(successor),
@@ -307,17 +323,7 @@ class TokenService:
         if failure is not None:  # the family's revocation is committed; now tell the caller
             log.warning("refresh family %s revoked: %s", family.family_id, failure.reason)
             raise failure
-        return self._sign(
-            client,
-            family.subject,
-            family.audiences,
-            narrowed,
-            self._lifetime(None),
-            now,
-            successor,
-            refresh_expires_at,
-            bound_to,
-        )
+        return issued
 
     def _narrow(self, client: Client, family: RefreshFamily, scopes: tuple[str, ...]) -> tuple[str, ...]:
         """The access token's scope: the grant's, or a subset of it (RFC 6749 §6)."""

@@ -31,7 +31,7 @@ from rotor.core.model import (
 
 KEY_COLUMNS = (
     "kid, tenant, alg, state, public_jwk, sealed_private, created_at, activates_at, retires_at, "
-    "expires_at, revoked_at, revocation_reason"
+    "expires_at, revoked_at, revocation_reason, key_store"
 )
 CLIENT_COLUMNS = (
     "client_id, tenant, secret_hash, scopes, audiences, admin, allow_any_subject, disabled, created_at, cert_san, "
@@ -63,7 +63,9 @@ def count(columns: str) -> int:
 
 def key(row: Iterable[Any]) -> SigningKey:
     r = tuple(row)
-    return SigningKey(r[0], r[1], r[2], KeyState(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
+    return SigningKey(
+        r[0], r[1], r[2], KeyState(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12]
+    )
 
 
 def client(row: Iterable[Any]) -> Client:

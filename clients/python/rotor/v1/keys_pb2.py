@@ -26,27 +26,27 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13rotor/v1/keys.proto\x12\x08rotor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x02\n\x03Key\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x0b\n\x03\x61lg\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.rotor.v1.KeyState\x12\x17\n\x0fpublic_jwk_json\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x61\x63tivates_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nretires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11revocation_reason\x18\n \x01(\t\x12\x0e\n\x06tenant\x18\x0b \x01(\t\"\xd2\x01\n\x06KeySet\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x1b\n\x04keys\x18\x03 \x03(\x0b\x32\r.rotor.v1.Key\x12\x11\n\tjwks_json\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x30\n\rmax_cache_age\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x10next_rotation_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0cRevokedToken\x12\x0b\n\x03jti\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x10\x43lientRevocation\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12.\n\nnot_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xff\x02\n\x08KeyEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.rotor.v1.KeyEventType\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x03key\x18\x04 \x01(\x0b\x32\r.rotor.v1.Key\x12 \n\x06keyset\x18\x05 \x01(\x0b\x32\x10.rotor.v1.KeySet\x12-\n\rrevoked_token\x18\x06 \x01(\x0b\x32\x16.rotor.v1.RevokedToken\x12.\n\x0erevoked_tokens\x18\x07 \x03(\x0b\x32\x16.rotor.v1.RevokedToken\x12\x35\n\x11\x63lient_revocation\x18\x08 \x01(\x0b\x32\x1a.rotor.v1.ClientRevocation\x12\x36\n\x12\x63lient_revocations\x18\t \x03(\x0b\x32\x1a.rotor.v1.ClientRevocation\"@\n\x11VerificationCount\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04*\x97\x01\n\x08KeyState\x12\x19\n\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATE_PENDING\x10\x01\x12\x14\n\x10KEY_STATE_ACTIVE\x10\x02\x12\x15\n\x11KEY_STATE_RETIRED\x10\x03\x12\x15\n\x11KEY_STATE_REVOKED\x10\x04\x12\x15\n\x11KEY_STATE_EXPIRED\x10\x05*\xd2\x02\n\x0cKeyEventType\x12\x1e\n\x1aKEY_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17KEY_EVENT_TYPE_SNAPSHOT\x10\x01\x12 \n\x1cKEY_EVENT_TYPE_KEY_PUBLISHED\x10\x02\x12 \n\x1cKEY_EVENT_TYPE_KEY_ACTIVATED\x10\x03\x12\x1e\n\x1aKEY_EVENT_TYPE_KEY_RETIRED\x10\x04\x12\x1e\n\x1aKEY_EVENT_TYPE_KEY_REVOKED\x10\x05\x12\x1e\n\x1aKEY_EVENT_TYPE_KEY_EXPIRED\x10\x06\x12 \n\x1cKEY_EVENT_TYPE_TOKEN_REVOKED\x10\x07\x12\x1c\n\x18KEY_EVENT_TYPE_HEARTBEAT\x10\x08\x12!\n\x1dKEY_EVENT_TYPE_CLIENT_REVOKED\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13rotor/v1/keys.proto\x12\x08rotor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x03\n\x03Key\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x0b\n\x03\x61lg\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.rotor.v1.KeyState\x12\x17\n\x0fpublic_jwk_json\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x61\x63tivates_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nretires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11revocation_reason\x18\n \x01(\t\x12\x0e\n\x06tenant\x18\x0b \x01(\t\x12\x11\n\tkey_store\x18\x0c \x01(\t\"\xd2\x01\n\x06KeySet\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x1b\n\x04keys\x18\x03 \x03(\x0b\x32\r.rotor.v1.Key\x12\x11\n\tjwks_json\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x30\n\rmax_cache_age\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x10next_rotation_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0cRevokedToken\x12\x0b\n\x03jti\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x10\x43lientRevocation\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12.\n\nnot_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xff\x02\n\x08KeyEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.rotor.v1.KeyEventType\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x03key\x18\x04 \x01(\x0b\x32\r.rotor.v1.Key\x12 \n\x06keyset\x18\x05 \x01(\x0b\x32\x10.rotor.v1.KeySet\x12-\n\rrevoked_token\x18\x06 \x01(\x0b\x32\x16.rotor.v1.RevokedToken\x12.\n\x0erevoked_tokens\x18\x07 \x03(\x0b\x32\x16.rotor.v1.RevokedToken\x12\x35\n\x11\x63lient_revocation\x18\x08 \x01(\x0b\x32\x1a.rotor.v1.ClientRevocation\x12\x36\n\x12\x63lient_revocations\x18\t \x03(\x0b\x32\x1a.rotor.v1.ClientRevocation\"@\n\x11VerificationCount\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04*\x97\x01\n\x08KeyState\x12\x19\n\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATE_PENDING\x10\x01\x12\x14\n\x10KEY_STATE_ACTIVE\x10\x02\x12\x15\n\x11KEY_STATE_RETIRED\x10\x03\x12\x15\n\x11KEY_STATE_REVOKED\x10\x04\x12\x15\n\x11KEY_STATE_EXPIRED\x10\x05*\xd2\x02\n\x0cKeyEventType\x12\x1e\n\x1aKEY_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17KEY_EVENT_TYPE_SNAPSHOT\x10\x01\x12 \n\x1cKEY_EVENT_TYPE_KEY_PUBLISHED\x10\x02\x12 \n\x1cKEY_EVENT_TYPE_KEY_ACTIVATED\x10\x03\x12\x1e\n\x1aKEY_EVENT_TYPE_KEY_RETIRED\x10\x04\x12\x1e\n\x1aKEY_EVENT_TYPE_KEY_REVOKED\x10\x05\x12\x1e\n\x1aKEY_EVENT_TYPE_KEY_EXPIRED\x10\x06\x12 \n\x1cKEY_EVENT_TYPE_TOKEN_REVOKED\x10\x07\x12\x1c\n\x18KEY_EVENT_TYPE_HEARTBEAT\x10\x08\x12!\n\x1dKEY_EVENT_TYPE_CLIENT_REVOKED\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rotor.v1.keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYSTATE']._serialized_start=1307
-  _globals['_KEYSTATE']._serialized_end=1458
-  _globals['_KEYEVENTTYPE']._serialized_start=1461
-  _globals['_KEYEVENTTYPE']._serialized_end=1799
+  _globals['_KEYSTATE']._serialized_start=1326
+  _globals['_KEYSTATE']._serialized_end=1477
+  _globals['_KEYEVENTTYPE']._serialized_start=1480
+  _globals['_KEYEVENTTYPE']._serialized_end=1818
   _globals['_KEY']._serialized_start=99
-  _globals['_KEY']._serialized_end=475
-  _globals['_KEYSET']._serialized_start=478
-  _globals['_KEYSET']._serialized_end=688
-  _globals['_REVOKEDTOKEN']._serialized_start=690
-  _globals['_REVOKEDTOKEN']._serialized_end=765
-  _globals['_CLIENTREVOCATION']._serialized_start=767
-  _globals['_CLIENTREVOCATION']._serialized_end=852
-  _globals['_KEYEVENT']._serialized_start=855
-  _globals['_KEYEVENT']._serialized_end=1238
-  _globals['_VERIFICATIONCOUNT']._serialized_start=1240
-  _globals['_VERIFICATIONCOUNT']._serialized_end=1304
+  _globals['_KEY']._serialized_end=494
+  _globals['_KEYSET']._serialized_start=497
+  _globals['_KEYSET']._serialized_end=707
+  _globals['_REVOKEDTOKEN']._serialized_start=709
+  _globals['_REVOKEDTOKEN']._serialized_end=784
+  _globals['_CLIENTREVOCATION']._serialized_start=786
+  _globals['_CLIENTREVOCATION']._serialized_end=871
+  _globals['_KEYEVENT']._serialized_start=874
+  _globals['_KEYEVENT']._serialized_end=1257
+  _globals['_VERIFICATIONCOUNT']._serialized_start=1259
+  _globals['_VERIFICATIONCOUNT']._serialized_end=1323
 # @@protoc_insertion_point(module_scope)

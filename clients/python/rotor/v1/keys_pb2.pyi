@@ -128,6 +128,7 @@ class Key(_message.Message):
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     REVOCATION_REASON_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    KEY_STORE_FIELD_NUMBER: _builtins.int
     kid: _builtins.str
     """Key id, as in the JWT header `kid` (the RFC 7638 thumbprint of the public key)."""
     alg: _builtins.str
@@ -140,6 +141,11 @@ class Key(_message.Message):
     """Why the key was revoked, as the operator said it."""
     tenant: _builtins.str
     """Tenant the key belongs to; "" is the default tenant."""
+    key_store: _builtins.str
+    """Where the key's private half lives: "sealed" (in the store, sealed under the
+    key-encryption key) or "pkcs11" (on an HSM token). Set in KeyAdmin answers
+    (ListKeys, RotateKeys, RevokeKey, ApproveOperation); empty in key sets.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the key was created and published."""
@@ -174,10 +180,11 @@ class Key(_message.Message):
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
         revocation_reason: _builtins.str = ...,
         tenant: _builtins.str = ...,
+        key_store: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activates_at", b"activates_at", "created_at", b"created_at", "expires_at", b"expires_at", "retires_at", b"retires_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activates_at", b"activates_at", "alg", b"alg", "created_at", b"created_at", "expires_at", b"expires_at", "kid", b"kid", "public_jwk_json", b"public_jwk_json", "retires_at", b"retires_at", "revocation_reason", b"revocation_reason", "revoked_at", b"revoked_at", "state", b"state", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activates_at", b"activates_at", "alg", b"alg", "created_at", b"created_at", "expires_at", b"expires_at", "key_store", b"key_store", "kid", b"kid", "public_jwk_json", b"public_jwk_json", "retires_at", b"retires_at", "revocation_reason", b"revocation_reason", "revoked_at", b"revoked_at", "state", b"state", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
