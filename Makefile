@@ -8,7 +8,7 @@ GEN_DIR := clients/python
 # the protos with their comments, for reflection (grpcurl describe shows them)
 DESCRIPTORS := rotor/v1/descriptors.binpb
 
-.PHONY: client-check dist system-packages run test acceptance acceptance-postgres bench bench-smoke check proto proto-check lint types fmt ci clean
+.PHONY: client-check dist system-packages run test acceptance acceptance-postgres bench bench-profile bench-smoke check proto proto-check lint types fmt ci clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml hatch_build.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -62,6 +62,10 @@ acceptance-postgres: $(STAMP)
 ## bench: performance figures, as ratios to baselines measured in the same run (~10 min; writes docs/benchmarks.md)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## bench-profile: server CPU per call by stage, each RPC under load with py-spy attached (rewrites docs/benchmarks.md, keeping the other parts' figures)
+bench-profile: $(STAMP)
+	$(BIN)/python bench/run.py --parts profile $(BENCH_ARGS)
 
 ## bench-smoke: the whole benchmark in seconds, so the harness cannot rot (CI runs it; writes bench/results/smoke*)
 bench-smoke: $(STAMP)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,8 +280,11 @@ def load(
     credentials: Credentials | None = None,
     processes: int = 1,
     channels: int = 64,
+    before_go: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run bench/load.py in `processes` processes at once, sharing `concurrency`; merge their figures.
+
+    `before_go` runs once every process is ready, just before the timed window opens.
 
     Raises HarnessError when the run got no answer at all.
     """
@@ -293,6 +297,8 @@ def load(
         for script in scripts:
             if script.line(60 + seconds) != "ready":
                 raise HarnessError("load.py: expected `ready`")
+        if before_go is not None:
+            before_go()
         for script in scripts:
             script.send("go\n")
         results = [script.result(60 + seconds) for script in scripts]

@@ -194,6 +194,7 @@ def page(results: dict[str, Any], images: dict[str, str], json_link: str) -> str
         [[t["figure"], t["target"], t["measured"] or "-", _verdict(t["met"])] for t in results["targets"]],
     )
     out += _load_section(results, images)
+    out += _profile_section(results)
     out += _fanout_section(results, images)
     out += _verify_section(results)
     out += _startup_section(results)
@@ -299,6 +300,60 @@ def _fanout_section(results: dict[str, Any], images: dict[str, str]) -> list[str
         rows,
     )
     out += [f"![Fan-out delay]({images['fanout']})", ""]
+    return out
+
+
+PROFILE_LABELS = {"baseline": "no-op baseline", **LABELS}
+PROFILE_BEFORE = Path(__file__).resolve().parent / "results/profile-before.json"
+
+
+def _profile_section(results: dict[str, Any]) -> list[str]:
+    """Server CPU per call by stage, now and (bench/results/profile-before.json) before the cuts."""
+    if "profile" not in results:
+        return []
+    now = results["profile"]
+    before = json.loads(PROFILE_BEFORE.read_text()) if PROFILE_BEFORE.exists() else None
+    figures = list(now["figures"])
+    stages = list(next(iter(now["figures"].values()))["stages_us"])
+
+    def cell(stage: str | None, figure: str) -> str:
+        def value(profile: dict[str, Any]) -> float | None:
+            f = profile["figures"].get(figure)
+            if f is None:
+                return None
+            return f["cpu_us_per_call"] if stage is None else f["stages_us"].get(stage, 0.0)
+
+        v = value(now)
+        shown = "-" if v is None else f"{v:.0f}"
+        if before is not None:
+            b = value(before)
+            shown = f"{'-' if b is None else f'{b:.0f}'} → {shown}"
+        return f"**{shown}**" if stage is None else shown
+
+    out = [
+        "## Where the server's CPU goes",
+        "",
+        f"Each RPC at concurrency {now['concurrency']} for {now['seconds']:g} s on a fresh server, py-spy "
+        f"sampling every server thread {now['rate']} times a second without pausing it (bench/attribution.py, "
+        "`make bench-profile`). Each thread's CPU time over the window (/proc/PID/task/TID/stat) is shared "
+        "among the stages its samples fell in; threads with no Python frames (gRPC core's event engine) "
+        "count as transport. Figures are µs of server CPU per call. A sample's stage is that of its "
+        "innermost frame a rule names (bench/attribution.py `STAGES`); the event loop, grpc.aio's own "
+        "Python and asyncio are transport and glue. The server shares the cores with the load generator "
+        "and py-spy, so the absolute µs are higher than on a quiet machine; compare rows within a column "
+        "and each column with the baseline's.",
+        "",
+    ]
+    if before is not None:
+        out += [
+            f"Each cell is before → now: before is bench/results/profile-before.json, measured the same way "
+            f"on the code before the cuts of issue 17 ({before.get('rotor', 'main')}).",
+            "",
+        ]
+    rows = [[s, *(cell(s, f) for f in figures)] for s in stages]
+    rows.append(["**total**", *(cell(None, f) for f in figures)])
+    rows.append(["calls/s while sampled", *(f"{now['figures'][f]['rate']:.0f}" for f in figures)])
+    out += _table(["stage", *(PROFILE_LABELS.get(f, f) for f in figures)], rows)
     return out
 
 

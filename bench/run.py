@@ -1,11 +1,13 @@
 """`make bench`: Rotor's performance figures, each next to a baseline measured in the same run.
 
-    python bench/run.py [--smoke] [--parts load,fanout,verify,startup,workers] [--seconds S] ...
+    python bench/run.py [--smoke] [--parts load,profile,fanout,verify,startup,workers] [--seconds S] ...
 
 Parts:
   load     the baseline (bench/baseline.py) and a fresh Rotor per figure, driven by the same
            load generator (bench/load.py) at each concurrency, baseline and Rotor runs
            alternating, the median of --rounds each: ratios to the baseline, p50/p99 latency
+  profile  each RPC under load at --profile-concurrency with py-spy sampling the server
+           (bench/profile.py): server CPU per call, by stage (`make bench-profile` runs it alone)
   fanout   N watchers (bench/watchers.py processes) on WatchKeyRotations, then RotateKeys:
            the time from the event's commit to its arrival at every watcher; the server's
            memory per idle watcher
@@ -15,12 +17,14 @@ Parts:
 
 It writes bench/results/latest.json and docs/benchmarks.md with its plots (bench/report.py).
 --smoke runs every part in seconds and writes under bench/results/ only (smoke.json, smoke/).
+A run of some parts only keeps the other parts' figures from the JSON it rewrites.
 It exits non-zero when a part of the harness breaks, never because a figure misses its target.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -34,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attribution
 import grpc
 import report
 import verify
@@ -55,7 +60,7 @@ from rotor import loop
 from rotor_client import KeyAdminStub, ListKeysRequest, RotateKeysRequest, basic_auth
 
 ROOT = HERE.parent
-PARTS = ("load", "fanout", "verify", "startup", "workers")
+PARTS = ("load", "profile", "fanout", "verify", "startup", "workers")
 FIGURES: dict[
     str, tuple[str, bool]
 ] = {  # figure -> (load.py method, whether the server issues refresh tokens)
@@ -78,6 +83,8 @@ SMOKE = {
     "workers": "1",
     "verify_rounds": 1,
     "verify_seconds": 0.05,
+    "profile_seconds": 1.0,
+    "profile_concurrency": 16,
     "json": ROOT / "bench/results/smoke.json",
     "markdown": ROOT / "bench/results/smoke/benchmarks.md",
 }
@@ -347,6 +354,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2,4", help="worker counts for `rotor serve --workers`")
     parser.add_argument("--verify-rounds", type=int, default=5)
     parser.add_argument("--verify-seconds", type=float, default=0.5)
+    parser.add_argument("--profile-seconds", type=float, default=4.0, help="the sampled window per RPC")
+    parser.add_argument("--profile-concurrency", type=int, default=64)
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--json", type=Path, default=ROOT / "bench/results/latest.json")
     parser.add_argument(
         "--markdown", type=Path, default=ROOT / "docs/benchmarks.md", help="plots go next to it"
@@ -359,6 +369,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
     return args
+
+
+def keep_other_parts(results: dict[str, Any], path: Path, parts: list[str]) -> list[str]:
+    """The parts this run left out, taken from the previous results at `path` (so `make
+    bench-profile` rewrites the page without dropping the rest). Returns their names."""
+    try:
+        previous = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    kept = [name for name in PARTS if name not in parts and name in previous]
+    for name in kept:
+        results[name] = previous[name]
+    if kept:
+        results["kept_parts"] = {"parts": kept, "from": previous.get("generated_at", "")}
+    return kept
 
 
 def main() -> int:
@@ -378,6 +403,14 @@ def main() -> int:
     }
     measures: dict[str, Callable[[], Any]] = {
         "load": lambda: measure_load(args),
+        "profile": lambda: attribution.measure_all(
+            concurrency=args.profile_concurrency,
+            seconds=args.profile_seconds,
+            rate=args.profile_rate,
+            warmup=args.warmup,
+            processes=args.load_processes,
+            log=log,
+        ),
         "fanout": lambda: [median_fanout(n, args) for n in numbers(args.watchers)],
         "verify": lambda: measure_verify(args),
         "startup": lambda: measure_startup(args),
@@ -386,6 +419,9 @@ def main() -> int:
     for name in PARTS:
         if name in parts:
             run_part(name, measures[name], results)
+    kept = keep_other_parts(results, args.json, parts)
+    if kept:
+        log(f"kept from {args.json}: {', '.join(kept)}")
     results["load_average"].append(os.getloadavg()[0])
     report.write(results, args.json, args.markdown)
     print(report.summary(results))
