@@ -183,13 +183,25 @@ def profile_window(
     }
 
 
-def measure(
-    figure: str, *, concurrency: int, seconds: float, rate: int, warmup: float, processes: int
+def measure_on(
+    figures: list[str],
+    target: str,
+    client: Credentials | None,
+    pid: int,
+    *,
+    concurrency: int,
+    seconds: float,
+    rate: int,
+    warmup: float,
+    processes: int,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
-    method, refresh_tokens = FIGURES[figure]
+    """Each of `figures`, one after the other, on the same running server."""
+    out = {}
+    for figure in figures:
+        method = FIGURES[figure][0]
 
-    def run_load(target: str, client: Credentials | None, pid: int) -> dict[str, Any]:
-        def go(start: Callable[[], None]) -> dict[str, Any]:
+        def go(start: Callable[[], None], method: str = method) -> dict[str, Any]:
             return load(
                 target,
                 method,
@@ -202,25 +214,35 @@ def measure(
 
         if warmup:
             load(target, method, concurrency=concurrency, seconds=warmup, credentials=client)
-        return profile_window(pid, go, seconds, rate)
-
-    if figure == "baseline":
-        with Baseline() as baseline:
-            return run_load(baseline.address, None, baseline.script.proc.pid)
-    with Rotor(refresh_tokens=refresh_tokens) as rotor:
-        rotor.start()
-        client = rotor.add_client("bench")
-        assert rotor.proc is not None
-        return run_load(rotor.address, client, rotor.proc.pid)
+        out[figure] = profile_window(pid, go, seconds, rate)
+        log(f"profile {figure:<17} {out[figure]['cpu_us_per_call']:.0f} µs of server CPU per call")
+    return out
 
 
 def measure_all(
     *, concurrency: int, seconds: float, rate: int, warmup: float, processes: int, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    out = {}
-    for figure in FIGURES:
-        out[figure] = measure(
-            figure, concurrency=concurrency, seconds=seconds, rate=rate, warmup=warmup, processes=processes
-        )
-        log(f"profile {figure:<17} {out[figure]['cpu_us_per_call']:.0f} µs of server CPU per call")
-    return {"concurrency": concurrency, "seconds": seconds, "rate": rate, "figures": out}
+    """Every figure: the baseline on its own server, Rotor's on one server per refresh-token setting."""
+    options: dict[str, Any] = {
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "rate": rate,
+        "warmup": warmup,
+        "processes": processes,
+        "log": log,
+    }
+    out: dict[str, Any] = {}
+    with Baseline() as baseline:
+        out |= measure_on(["baseline"], baseline.address, None, baseline.script.proc.pid, **options)
+    for refresh_tokens in (True, False):
+        figures = [f for f, (m, r) in FIGURES.items() if m != "noop" and r is refresh_tokens]
+        with Rotor(refresh_tokens=refresh_tokens) as rotor:
+            rotor.start()
+            client = rotor.add_client("bench")
+            out |= measure_on(figures, rotor.address, client, rotor.pid, **options)
+    return {
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "rate": rate,
+        "figures": {f: out[f] for f in FIGURES},
+    }

@@ -36,7 +36,7 @@ issuer = "https://bench.internal"
 listen = "{address}"
 data_dir = "{data}"
 database_url = "{database_url}"
-
+{http}
 [tokens]
 refresh_ttl = "{refresh_ttl}"
 """
@@ -190,15 +190,21 @@ def watchers_per_client() -> int:
 class Rotor:
     """`rotor serve --config FILE` on a fresh store in a temporary directory of its own."""
 
-    def __init__(self, *, refresh_tokens: bool = True, workers: int = 1, database_url: str = "") -> None:
+    issuer = "https://bench.internal"
+
+    def __init__(
+        self, *, refresh_tokens: bool = True, workers: int = 1, database_url: str = "", http: bool = False
+    ) -> None:
         self.workers = workers
         self.workdir = Path(tempfile.mkdtemp(prefix="rotor-bench-"))
         self.address = f"127.0.0.1:{free_port()}"
+        self.http_url = f"http://127.0.0.1:{free_port()}" if http else ""  # the OAuth side port
         self.config = self.workdir / "rotor.toml"
         text = CONFIG.format(
             address=self.address,
             data=self.workdir / "data",
             database_url=database_url,
+            http=f'http_listen = "{self.http_url.removeprefix("http://")}"\n' if http else "",
             refresh_ttl="24h" if refresh_tokens else "0s",  # "0s": the server issues none
         )
         limits = accepted_limits()
@@ -239,6 +245,11 @@ class Rotor:
             self.proc = None
         # a restart logs its own serving lines
         self.log.write_bytes(b"")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "started"
+        return self.proc.pid
 
     def rss(self) -> int:
         assert self.proc is not None and self.workers == 1, "one process to measure"

@@ -8,6 +8,9 @@ Parts:
            alternating, the median of --rounds each: ratios to the baseline, p50/p99 latency
   profile  each RPC under load at --profile-concurrency with py-spy sampling the server
            (bench/profile.py): server CPU per call, by stage (`make bench-profile` runs it alone)
+  peer     node oidc-provider's /token (bench/peer/) next to Rotor's /oauth2/token, both driven by
+           wrk at --peer-concurrency, and Rotor's gRPC Issue by bench/load.py, alternating
+           (bench/peer.py): throughput, and server CPU-seconds per 1,000 tokens
   fanout   N watchers (bench/watchers.py processes) on WatchKeyRotations, then RotateKeys:
            the time from the event's commit to its arrival at every watcher; the server's
            memory per idle watcher
@@ -40,6 +43,7 @@ from typing import Any
 
 import attribution
 import grpc
+import peer
 import report
 import verify
 import workers
@@ -60,7 +64,7 @@ from rotor import loop
 from rotor_client import KeyAdminStub, ListKeysRequest, RotateKeysRequest, basic_auth
 
 ROOT = HERE.parent
-PARTS = ("load", "profile", "fanout", "verify", "startup", "workers")
+PARTS = ("load", "profile", "peer", "fanout", "verify", "startup", "workers")
 FIGURES: dict[
     str, tuple[str, bool]
 ] = {  # figure -> (load.py method, whether the server issues refresh tokens)
@@ -71,7 +75,7 @@ FIGURES: dict[
     "keyset": ("keyset", True),
 }
 SMOKE = {
-    "concurrency": "1,4",
+    "concurrency": "4",
     "seconds": 0.2,
     "rounds": 1,
     "warmup": 0.0,
@@ -85,6 +89,8 @@ SMOKE = {
     "verify_seconds": 0.05,
     "profile_seconds": 1.0,
     "profile_concurrency": 16,
+    "peer_seconds": 1.0,
+    "peer_rounds": 1,
     "json": ROOT / "bench/results/smoke.json",
     "markdown": ROOT / "bench/results/smoke/benchmarks.md",
 }
@@ -343,7 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="an untimed load run on each new server")
     parser.add_argument("--load-processes", type=int, default=1, help="load generator processes per run")
     parser.add_argument("--channels", type=int, default=64, help="connections per load process")
-    parser.add_argument("--watchers", default="1000,5000", help="watcher counts for the fan-out")
+    parser.add_argument("--watchers", default="1000,5000,10000", help="watcher counts for the fan-out")
     parser.add_argument("--watcher-processes", type=int, default=4)
     parser.add_argument(
         "--fanout-rounds", type=int, default=3, help="rotations per watcher count; the median p99 counts"
@@ -357,6 +363,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-seconds", type=float, default=4.0, help="the sampled window per RPC")
     parser.add_argument("--profile-concurrency", type=int, default=64)
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--peer-seconds", type=float, default=3.0, help="the length of one peer run")
+    parser.add_argument("--peer-rounds", type=int, default=3)
+    parser.add_argument("--peer-concurrency", type=int, default=64)
     parser.add_argument("--json", type=Path, default=ROOT / "bench/results/latest.json")
     parser.add_argument(
         "--markdown", type=Path, default=ROOT / "docs/benchmarks.md", help="plots go next to it"
@@ -410,6 +419,12 @@ def main() -> int:
             warmup=args.warmup,
             processes=args.load_processes,
             log=log,
+        ),
+        "peer": lambda: peer.measure(
+            concurrency=args.peer_concurrency,
+            seconds=args.peer_seconds,
+            rounds=args.peer_rounds,
+            warmup=args.warmup,
         ),
         "fanout": lambda: [median_fanout(n, args) for n in numbers(args.watchers)],
         "verify": lambda: measure_verify(args),
