@@ -17,6 +17,7 @@ in no rule's frames (the event loop, grpc.aio's own Python, asyncio) is transpor
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -142,7 +143,7 @@ def attribute(cpu: dict[int, float], samples: dict[int, Counter[str]], calls: in
 
 
 def profile_window(
-    pid: int, run: Callable[[Callable[[], None]], dict[str, Any]], seconds: float, rate: int
+    pid: int, run: Callable[[Callable[[], None]], dict[str, Any]], rate: int
 ) -> dict[str, Any]:
     """Sample `pid` while `run` loads it; `run` calls its argument just before its timed window."""
     with tempfile.TemporaryDirectory(prefix="rotor-profile-") as tmp:
@@ -153,8 +154,7 @@ def profile_window(
             state["spy"] = subprocess.Popen(
                 [
                     *(PY_SPY, "record", "--pid", str(pid), "--rate", str(rate)),
-                    *("--duration", str(max(1, round(seconds))), "--format", "raw", "--threads"),
-                    *("--nonblocking", "--output", str(raw)),
+                    *("--format", "raw", "--threads", "--nonblocking", "--output", str(raw)),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -166,6 +166,7 @@ def profile_window(
         result = run(start)
         after = thread_cpu(pid)
         spy = state["spy"]
+        spy.send_signal(signal.SIGINT)  # it samples until told to stop, then writes what it saw
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0 or not raw.exists():
             raise HarnessError(f"py-spy exited {spy.returncode}: {err.strip()[-500:]}")
@@ -214,7 +215,7 @@ def measure_on(
 
         if warmup:
             load(target, method, concurrency=concurrency, seconds=warmup, credentials=client)
-        out[figure] = profile_window(pid, go, seconds, rate)
+        out[figure] = profile_window(pid, go, rate)
         log(f"profile {figure:<17} {out[figure]['cpu_us_per_call']:.0f} µs of server CPU per call")
     return out
 

@@ -404,7 +404,7 @@ def _peer_section(results: dict[str, Any]) -> list[str]:
     out = [
         "## Next to a real peer",
         "",
-        f"node [oidc-provider](https://github.com/panva/node-oidc-provider) {p['oidc_provider']} (bench/peer/, "
+        f"node oidc-provider {p['oidc_provider']} (npm; bench/peer/, "
         "pinned by package-lock.json) issues RFC 9068 JWT access tokens signed with EdDSA for "
         "client_credentials with client_secret_basic; so does Rotor's `/oauth2/token`, on a server with "
         '`refresh_ttl = "0s"` (neither gives a refresh token). Debian\'s wrk drives both HTTP endpoints '

@@ -87,7 +87,7 @@ SMOKE = {
     "workers": "1",
     "verify_rounds": 1,
     "verify_seconds": 0.05,
-    "profile_seconds": 1.0,
+    "profile_seconds": 0.3,
     "profile_concurrency": 16,
     "peer_seconds": 1.0,
     "peer_rounds": 1,
