@@ -8,7 +8,7 @@ GEN_DIR := clients/python
 # the protos with their comments, for reflection (grpcurl describe shows them)
 DESCRIPTORS := rotor/v1/descriptors.binpb
 
-.PHONY: client-check dist system-packages run test acceptance acceptance-postgres bench bench-smoke check proto proto-check lint types fmt ci clean
+.PHONY: client-check dist system-packages run test acceptance acceptance-postgres bench bench-peer bench-profile bench-smoke check proto proto-check lint types fmt ci clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml hatch_build.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,6 +24,7 @@ SYSTEM_PACKAGES :=
 SYSTEM_PACKAGES += curl  # the README's "Getting tokens over HTTP" lines, run as pasted (tests/e2e/test_readme.py)
 SYSTEM_PACKAGES += chromium  # the status page test drives a real headless browser (DevTools protocol)
 SYSTEM_PACKAGES += softhsm2  # keys on a PKCS#11 token: the HSM tests run against a SoftHSM2 token (tests/softhsm.py)
+SYSTEM_PACKAGES += wrk  # make bench drives Rotor's /oauth2/token and oidc-provider's /token with the same load generator
 
 ## system-packages: install the Debian packages the tests need (apt-get, as root; CI runs it)
 system-packages:
@@ -61,12 +62,23 @@ acceptance-postgres: $(STAMP)
 	PYTHONPATH=tests $(BIN)/pytest ../shared/acceptance -p acceptance_postgres $(ACCEPTANCE_ARGS)
 
 ## bench: performance figures, as ratios to baselines measured in the same run (~10 min; writes docs/benchmarks.md)
-bench: $(STAMP)
+bench: $(STAMP) bench-peer
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+## bench-profile: server CPU per call by stage, each RPC under load with py-spy attached (rewrites docs/benchmarks.md, keeping the other parts' figures)
+bench-profile: $(STAMP)
+	$(BIN)/python bench/run.py --parts profile $(BENCH_ARGS)
+
 ## bench-smoke: the whole benchmark in seconds, so the harness cannot rot (CI runs it; writes bench/results/smoke*)
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP) bench-peer
 	$(BIN)/python bench/run.py --smoke $(BENCH_ARGS)
+
+## bench-peer: the benchmark's real peer, node oidc-provider, into bench/peer/node_modules (npm ci, pinned by package-lock.json)
+PEER_STAMP := bench/peer/node_modules/.installed
+bench-peer: $(PEER_STAMP)
+$(PEER_STAMP): bench/peer/package.json bench/peer/package-lock.json
+	cd bench/peer && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 ## proto: regenerate the stubs in clients/python/rotor/v1 (shipped by rotor-client) from protos/
 proto: $(STAMP)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ issuer = "https://bench.internal"
 listen = "{address}"
 data_dir = "{data}"
 database_url = "{database_url}"
-
+{http}
 [tokens]
 refresh_ttl = "{refresh_ttl}"
 """
@@ -222,18 +223,28 @@ def watchers_per_client() -> int:
 class Rotor:
     """`rotor serve --config FILE` on a fresh store in a temporary directory of its own."""
 
+    issuer = "https://bench.internal"
+
     def __init__(
-        self, *, refresh_tokens: bool = True, workers: int = 1, database_url: str = "", pkcs11: bool = False
+        self,
+        *,
+        refresh_tokens: bool = True,
+        workers: int = 1,
+        database_url: str = "",
+        http: bool = False,
+        pkcs11: bool = False,
     ) -> None:
         """`pkcs11`: keys on a SoftHSM2 token of its own (Debian package softhsm2), signing by C_Sign."""
         self.workers = workers
         self.workdir = Path(tempfile.mkdtemp(prefix="rotor-bench-"))
         self.address = f"127.0.0.1:{free_port()}"
+        self.http_url = f"http://127.0.0.1:{free_port()}" if http else ""  # the OAuth side port
         self.config = self.workdir / "rotor.toml"
         text = CONFIG.format(
             address=self.address,
             data=self.workdir / "data",
             database_url=database_url,
+            http=f'http_listen = "{self.http_url.removeprefix("http://")}"\n' if http else "",
             refresh_ttl="24h" if refresh_tokens else "0s",  # "0s": the server issues none
         )
         self.env = dict(os.environ)
@@ -283,6 +294,11 @@ class Rotor:
         # a restart logs its own serving lines
         self.log.write_bytes(b"")
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "started"
+        return self.proc.pid
+
     def rss(self) -> int:
         assert self.proc is not None and self.workers == 1, "one process to measure"
         return rss_bytes(self.proc.pid)
@@ -323,8 +339,11 @@ def load(
     credentials: Credentials | None = None,
     processes: int = 1,
     channels: int = 64,
+    before_go: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run bench/load.py in `processes` processes at once, sharing `concurrency`; merge their figures.
+
+    `before_go` runs once every process is ready, just before the timed window opens.
 
     Raises HarnessError when the run got no answer at all.
     """
@@ -337,6 +356,8 @@ def load(
         for script in scripts:
             if script.line(60 + seconds) != "ready":
                 raise HarnessError("load.py: expected `ready`")
+        if before_go is not None:
+            before_go()
         for script in scripts:
             script.send("go\n")
         results = [script.result(60 + seconds) for script in scripts]

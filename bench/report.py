@@ -24,7 +24,8 @@ from matplotlib.ticker import NullFormatter
 
 TARGET_CONCURRENCY = 64
 TARGET_WATCHERS = 5000
-TARGET_RATIOS = {"issue_no_refresh": 0.6, "issue_refresh": 0.5, "refresh": 0.45, "keyset": 0.9}
+TARGET_WATCHERS_MANY = 10_000
+TARGET_RATIOS = {"issue_no_refresh": 0.6, "issue_refresh": 0.5, "refresh": 0.5, "revoke": 0.35, "keyset": 0.9}
 LABELS = {
     "issue_no_refresh": "Issue (no refresh token)",
     "issue_refresh": "Issue (with refresh token)",
@@ -52,12 +53,18 @@ def _load_ratio(figure: str) -> Callable[[dict[str, Any]], float | None]:
     return value
 
 
-def _fanout(key: str, scale: float = 1.0) -> Callable[[dict[str, Any]], float | None]:
+def _fanout(
+    key: str, scale: float = 1.0, watchers: int = TARGET_WATCHERS
+) -> Callable[[dict[str, Any]], float | None]:
     def value(results: dict[str, Any]) -> float | None:
         rows = results.get("fanout", [])
-        return next((r[key] * scale for r in rows if r["watchers"] == TARGET_WATCHERS), None)
+        return next((r[key] * scale for r in rows if r["watchers"] == watchers), None)
 
     return value
+
+
+def _peer(key: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda results: results.get("peer", {}).get("ratios", {}).get(key)
 
 
 def _verify(results: dict[str, Any]) -> float | None:
@@ -86,11 +93,36 @@ TARGETS = [
         " ms",
     ),
     Target(
-        "server memory per idle watcher",
-        "<= 30 KB",
-        _fanout("bytes_per_watcher", 1 / 1000),
-        lambda v: v <= 30,
+        f"rotation fan-out to {TARGET_WATCHERS_MANY:,} watchers, p99",
+        "<= 400 ms",
+        _fanout("p99_ms", watchers=TARGET_WATCHERS_MANY),
+        lambda v: v <= 400,
+        " ms",
+    ),
+    Target(
+        f"server memory per idle watcher ({TARGET_WATCHERS_MANY:,} watchers)",
+        "<= 25 KB",
+        _fanout("bytes_per_watcher", 1 / 1000, TARGET_WATCHERS_MANY),
+        lambda v: v <= 25,
         " KB",
+    ),
+    Target(
+        "tokens per server CPU-second: Rotor gRPC Issue / oidc-provider /token",
+        ">= 1.2",
+        _peer("grpc_tokens_per_cpu"),
+        lambda v: v >= 1.2,
+    ),
+    Target(
+        "tokens per server CPU-second: Rotor /oauth2/token / oidc-provider /token",
+        ">= 1.0",
+        _peer("http_tokens_per_cpu"),
+        lambda v: v >= 1.0,
+    ),
+    Target(
+        f"HTTP throughput at c={TARGET_CONCURRENCY}: Rotor /oauth2/token / oidc-provider /token",
+        ">= 1.0",
+        _peer("http_throughput"),
+        lambda v: v >= 1.0,
     ),
     Target("client verify / raw jwt.decode (EdDSA)", ">= 0.8", _verify, lambda v: v >= 0.8),
     Target("start-up to SERVING, fresh store", "<= 1 s", _startup("fresh_s"), lambda v: v <= 1, " s"),
@@ -195,6 +227,8 @@ def page(results: dict[str, Any], images: dict[str, str], json_link: str) -> str
         [[t["figure"], t["target"], t["measured"] or "-", _verdict(t["met"])] for t in results["targets"]],
     )
     out += _load_section(results, images)
+    out += _profile_section(results)
+    out += _peer_section(results)
     out += _fanout_section(results, images)
     out += _verify_section(results)
     out += _startup_section(results)
@@ -300,6 +334,114 @@ def _fanout_section(results: dict[str, Any], images: dict[str, str]) -> list[str
         rows,
     )
     out += [f"![Fan-out delay]({images['fanout']})", ""]
+    return out
+
+
+PROFILE_LABELS = {"baseline": "no-op baseline", **LABELS}
+PROFILE_BEFORE = Path(__file__).resolve().parent / "results/profile-before.json"
+
+
+def _profile_section(results: dict[str, Any]) -> list[str]:
+    """Server CPU per call by stage, now and (bench/results/profile-before.json) before the cuts."""
+    if "profile" not in results:
+        return []
+    now = results["profile"]
+    before = json.loads(PROFILE_BEFORE.read_text()) if PROFILE_BEFORE.exists() else None
+    figures = list(now["figures"])
+    stages = list(next(iter(now["figures"].values()))["stages_us"])
+
+    def cell(stage: str | None, figure: str) -> str:
+        def value(profile: dict[str, Any]) -> float | None:
+            f = profile["figures"].get(figure)
+            if f is None:
+                return None
+            return f["cpu_us_per_call"] if stage is None else f["stages_us"].get(stage, 0.0)
+
+        v = value(now)
+        shown = "-" if v is None else f"{v:.0f}"
+        if before is not None:
+            b = value(before)
+            shown = f"{'-' if b is None else f'{b:.0f}'} → {shown}"
+        return f"**{shown}**" if stage is None else shown
+
+    out = [
+        "## Where the server's CPU goes",
+        "",
+        f"Each RPC at concurrency {now['concurrency']} for {now['seconds']:g} s on a fresh server, py-spy "
+        f"sampling every server thread {now['rate']} times a second without pausing it (bench/attribution.py, "
+        "`make bench-profile`). Each thread's CPU time over the window (/proc/PID/task/TID/stat) is shared "
+        "among the stages its samples fell in; threads with no Python frames (gRPC core's event engine) "
+        "count as transport. Figures are µs of server CPU per call. A sample's stage is that of its "
+        "innermost frame a rule names (bench/attribution.py `STAGES`); the event loop, grpc.aio's own "
+        "Python and asyncio are transport and glue. The server shares the cores with the load generator "
+        "and py-spy, so the absolute µs are higher than on a quiet machine; compare rows within a column "
+        "and each column with the baseline's.",
+        "",
+    ]
+    if before is not None:
+        out += [
+            f"Each cell is before → now: before is bench/results/profile-before.json, measured the same way "
+            f"on the code before the cuts of issue 17 ({before.get('rotor', 'main')}).",
+            "",
+        ]
+    rows = [[s, *(cell(s, f) for f in figures)] for s in stages]
+    rows.append(["**total**", *(cell(None, f) for f in figures)])
+    rows.append(["calls/s while sampled", *(f"{now['figures'][f]['rate']:.0f}" for f in figures)])
+    out += _table(["stage", *(PROFILE_LABELS.get(f, f) for f in figures)], rows)
+    return out
+
+
+PEER_SIDES = {
+    "peer_http": "oidc-provider `/token` (HTTP, wrk)",
+    "rotor_http": "Rotor `/oauth2/token` (HTTP, wrk)",
+    "rotor_grpc": "Rotor gRPC Issue (bench/load.py)",
+}
+
+
+def _peer_section(results: dict[str, Any]) -> list[str]:
+    if "peer" not in results:
+        return []
+    p = results["peer"]
+    out = [
+        "## Next to a real peer",
+        "",
+        f"node oidc-provider {p['oidc_provider']} (npm; bench/peer/, "
+        "pinned by package-lock.json) issues RFC 9068 JWT access tokens signed with EdDSA for "
+        "client_credentials with client_secret_basic; so does Rotor's `/oauth2/token`, on a server with "
+        '`refresh_ttl = "0s"` (neither gives a refresh token). Debian\'s wrk drives both HTTP endpoints '
+        f"(1 thread, {p['concurrency']} connections, keep-alive), bench/load.py drives Rotor's gRPC Issue at the "
+        f"same concurrency; the three runs of {p['seconds']:g} s alternate, {p['rounds']} rounds, each "
+        "figure the median of its rounds. CPU is the server process's user + system time "
+        "(/proc/PID/stat, every thread) over the run, per 1,000 tokens answered. One token from each "
+        "peer is verified against its own JWKS before measuring (bench/peer.py).",
+        "",
+    ]
+    peer_cpu = p["sides"]["peer_http"]["cpu_s_per_1000"]
+    peer_rate = p["sides"]["peer_http"]["rate"]
+    out += _table(
+        [
+            "server",
+            "tokens/s",
+            "throughput / oidc-provider",
+            "server CPU-s per 1,000 tokens",
+            "tokens per CPU-s / oidc-provider",
+            "p50 / p99 ms",
+            "errors",
+        ],
+        [
+            [
+                label,
+                f"{side['rate']:.0f}",
+                f"**{side['rate'] / peer_rate:.2f}**",
+                f"{side['cpu_s_per_1000']:.3f}",
+                f"**{peer_cpu / side['cpu_s_per_1000']:.2f}**",
+                f"{side['p50_ms']:.1f} / {side['p99_ms']:.1f}",
+                str(side["errors"]),
+            ]
+            for name, label in PEER_SIDES.items()
+            for side in [p["sides"][name]]
+        ],
+    )
     return out
 
 

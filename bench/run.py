@@ -1,11 +1,16 @@
 """`make bench`: Rotor's performance figures, each next to a baseline measured in the same run.
 
-    python bench/run.py [--smoke] [--parts load,fanout,verify,startup,workers] [--seconds S] ...
+    python bench/run.py [--smoke] [--parts load,profile,fanout,verify,startup,workers] [--seconds S] ...
 
 Parts:
   load     the baseline (bench/baseline.py) and a fresh Rotor per figure, driven by the same
            load generator (bench/load.py) at each concurrency, baseline and Rotor runs
            alternating, the median of --rounds each: ratios to the baseline, p50/p99 latency
+  profile  each RPC under load at --profile-concurrency with py-spy sampling the server
+           (bench/profile.py): server CPU per call, by stage (`make bench-profile` runs it alone)
+  peer     node oidc-provider's /token (bench/peer/) next to Rotor's /oauth2/token, both driven by
+           wrk at --peer-concurrency, and Rotor's gRPC Issue by bench/load.py, alternating
+           (bench/peer.py): throughput, and server CPU-seconds per 1,000 tokens
   fanout   N watchers (bench/watchers.py processes) on WatchKeyRotations, then RotateKeys:
            the time from the event's commit to its arrival at every watcher; the server's
            memory per idle watcher
@@ -15,12 +20,14 @@ Parts:
 
 It writes bench/results/latest.json and docs/benchmarks.md with its plots (bench/report.py).
 --smoke runs every part in seconds and writes under bench/results/ only (smoke.json, smoke/).
+A run of some parts only keeps the other parts' figures from the JSON it rewrites.
 It exits non-zero when a part of the harness breaks, never because a figure misses its target.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -34,7 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attribution
 import grpc
+import peer
 import report
 import verify
 import workers
@@ -55,7 +64,7 @@ from rotor import loop
 from rotor_client import KeyAdminStub, ListKeysRequest, RotateKeysRequest, basic_auth
 
 ROOT = HERE.parent
-PARTS = ("load", "fanout", "verify", "startup", "workers")
+PARTS = ("load", "profile", "peer", "fanout", "verify", "startup", "workers")
 FIGURES: dict[
     str, tuple[str, bool]
 ] = {  # figure -> (load.py method, whether the server issues refresh tokens)
@@ -68,7 +77,7 @@ FIGURES: dict[
 }
 PKCS11_FIGURES = {"issue_pkcs11"}  # keys on a SoftHSM2 token: every signature a C_Sign
 SMOKE = {
-    "concurrency": "1,4",
+    "concurrency": "4",
     "seconds": 0.2,
     "rounds": 1,
     "warmup": 0.0,
@@ -80,6 +89,10 @@ SMOKE = {
     "workers": "1",
     "verify_rounds": 1,
     "verify_seconds": 0.05,
+    "profile_seconds": 0.3,
+    "profile_concurrency": 16,
+    "peer_seconds": 1.0,
+    "peer_rounds": 1,
     "json": ROOT / "bench/results/smoke.json",
     "markdown": ROOT / "bench/results/smoke/benchmarks.md",
 }
@@ -338,7 +351,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="an untimed load run on each new server")
     parser.add_argument("--load-processes", type=int, default=1, help="load generator processes per run")
     parser.add_argument("--channels", type=int, default=64, help="connections per load process")
-    parser.add_argument("--watchers", default="1000,5000", help="watcher counts for the fan-out")
+    parser.add_argument("--watchers", default="1000,5000,10000", help="watcher counts for the fan-out")
     parser.add_argument("--watcher-processes", type=int, default=4)
     parser.add_argument(
         "--fanout-rounds", type=int, default=3, help="rotations per watcher count; the median p99 counts"
@@ -349,6 +362,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2,4", help="worker counts for `rotor serve --workers`")
     parser.add_argument("--verify-rounds", type=int, default=5)
     parser.add_argument("--verify-seconds", type=float, default=0.5)
+    parser.add_argument("--profile-seconds", type=float, default=4.0, help="the sampled window per RPC")
+    parser.add_argument("--profile-concurrency", type=int, default=64)
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--peer-seconds", type=float, default=3.0, help="the length of one peer run")
+    parser.add_argument("--peer-rounds", type=int, default=3)
+    parser.add_argument("--peer-concurrency", type=int, default=64)
     parser.add_argument("--json", type=Path, default=ROOT / "bench/results/latest.json")
     parser.add_argument(
         "--markdown", type=Path, default=ROOT / "docs/benchmarks.md", help="plots go next to it"
@@ -361,6 +380,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
     return args
+
+
+def keep_other_parts(results: dict[str, Any], path: Path, parts: list[str]) -> list[str]:
+    """The parts this run left out, taken from the previous results at `path` (so `make
+    bench-profile` rewrites the page without dropping the rest). Returns their names."""
+    try:
+        previous = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    kept = [name for name in PARTS if name not in parts and name in previous]
+    for name in kept:
+        results[name] = previous[name]
+    if kept:
+        results["kept_parts"] = {"parts": kept, "from": previous.get("generated_at", "")}
+    return kept
 
 
 def main() -> int:
@@ -380,6 +414,20 @@ def main() -> int:
     }
     measures: dict[str, Callable[[], Any]] = {
         "load": lambda: measure_load(args),
+        "profile": lambda: attribution.measure_all(
+            concurrency=args.profile_concurrency,
+            seconds=args.profile_seconds,
+            rate=args.profile_rate,
+            warmup=args.warmup,
+            processes=args.load_processes,
+            log=log,
+        ),
+        "peer": lambda: peer.measure(
+            concurrency=args.peer_concurrency,
+            seconds=args.peer_seconds,
+            rounds=args.peer_rounds,
+            warmup=args.warmup,
+        ),
         "fanout": lambda: [median_fanout(n, args) for n in numbers(args.watchers)],
         "verify": lambda: measure_verify(args),
         "startup": lambda: measure_startup(args),
@@ -388,6 +436,9 @@ def main() -> int:
     for name in PARTS:
         if name in parts:
             run_part(name, measures[name], results)
+    kept = keep_other_parts(results, args.json, parts)
+    if kept:
+        log(f"kept from {args.json}: {', '.join(kept)}")
     results["load_average"].append(os.getloadavg()[0])
     report.write(results, args.json, args.markdown)
     print(report.summary(results))

@@ -212,7 +212,8 @@ class RotorServer:
         directory = ClientDirectory(self.store)
         await directory.start()
         self._running.push_async_callback(directory.stop)
-        auth = CallerAuth(Authenticator(directory, self.clock), AuthBackoff(self.clock))
+        mtls = self._tls is not None and self._tls.client_ca is not None
+        auth = CallerAuth(Authenticator(directory, self.clock), AuthBackoff(self.clock), mtls=mtls)
         self.watcher_limits = WatcherLimits(limits.watchers_per_client, limits.max_watchers)
         self.refusals = refusals = RefusalBudget(
             limits.audit_refusals_per_minute, self.metrics.audit_refusals_suppressed.inc

@@ -390,6 +390,13 @@ class TestRefreshTokens:
         assert await store.get_family("nope") is None
         assert await store.get_refresh_token("cd" * 32) is None
 
+    async def test_grant_reads_a_token_with_its_family(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_family(a_family())
+            await tx.insert_refresh_token(a_refresh_token())
+            assert await tx.get_refresh_grant("ab" * 32) == (a_refresh_token(), a_family())
+            assert await tx.get_refresh_grant("cd" * 32) is None
+
     async def test_duplicate_family_raises_already_exists(self, store: Store) -> None:
         async with store.transaction() as tx:
             await tx.insert_family(a_family())
@@ -619,6 +626,21 @@ class TestTransactions:
             order.append("body done")
         assert order == ["body done", "listener"]
         assert tasks == [asyncio.current_task()]  # in the committing task
+
+    async def test_committed_events_are_the_ones_appended_or_none(self, store: Store) -> None:
+        store.take_committed_events()
+        async with store.transaction() as tx:
+            first = await tx.append_event("", "KEY_PUBLISHED", T0, "{}")
+            second = await tx.append_event("", "KEY_ACTIVATED", T0, "{}")
+        with pytest.raises(Boom):
+            async with store.transaction() as tx:
+                await tx.append_event("", "KEY_RETIRED", T0, "{}")
+                raise Boom
+        taken = store.take_committed_events()
+        # a store that keeps none leaves the hub to read the log; one that keeps them keeps these
+        assert taken in ([], await store.events_after(0))
+        assert [e.sequence for e in taken] in ([], [first, second])
+        assert store.take_committed_events() == []
 
     async def test_commit_listener_stays_silent_for_commits_without_events(self, store: Store) -> None:
         heard: list[int] = []

@@ -71,17 +71,32 @@ class CallerAuth:
     """Turns a call's credentials into the authenticated Client: Basic credentials in the
     metadata, or else (over mTLS) the client certificate gRPC verified."""
 
-    def __init__(self, authenticator: Authenticator, backoff: AuthBackoff | None = None) -> None:
+    def __init__(
+        self, authenticator: Authenticator, backoff: AuthBackoff | None = None, *, mtls: bool = True
+    ) -> None:
+        """`mtls`: whether the server verifies client certificates; without it no call has one,
+        so the call's auth context (a dict gRPC builds on each ask) is never asked for."""
         self._authenticator = authenticator
         self._backoff = backoff or AuthBackoff(SystemClock())
+        self._mtls = mtls
+
+    def certificate(self, context: Context) -> PeerCertificate | None:
+        """The client certificate gRPC verified for this call, or None."""
+        return peer_certificate(context.auth_context()) if self._mtls else None
+
+    def bound_certificate(self, context: Context) -> str | None:
+        """The x5t#S256 thumbprint to bind tokens to (RFC 8705): the call's client certificate, if any."""
+        peer = self.certificate(context)
+        return peer.thumbprint if peer is not None else None
 
     async def optional(self, context: Context) -> Client | None:
         """The caller, or None for an anonymous one (no Basic credentials, and no client
         certificate registered to a client)."""
+        credentials = basic_credentials(context.invocation_metadata())
         return await self.identify(
-            basic_credentials(context.invocation_metadata()),
+            credentials,
             peer_address(context.peer()),
-            peer_certificate(context.auth_context()),
+            self.certificate(context) if credentials is None else None,  # Basic credentials come first
         )
 
     async def identify(
@@ -126,7 +141,7 @@ class CallerAuth:
         client = await self.optional(context)
         if client is not None:
             return client
-        peer = peer_certificate(context.auth_context())
+        peer = self.certificate(context)
         if peer is not None:
             raise unregistered_certificate(peer)
         raise InvalidClient(f"this call needs client credentials; {_HOW}")

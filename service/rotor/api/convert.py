@@ -261,6 +261,56 @@ def token_response(t: IssuedTokens) -> token_service_pb2.TokenResponse:
     return msg
 
 
+def token_response_bytes(t: IssuedTokens) -> bytes:
+    """token_response(t), serialized: the same bytes, written straight from `t` (the hot path of
+    Issue and Refresh builds no message objects)."""
+    out = bytearray()
+    _string(out, 0x0A, t.access_token)
+    _string(out, 0x12, "Bearer")
+    _timestamp(out, 0x1A, t.expires_at)
+    _string(out, 0x22, t.refresh_token)
+    if t.refresh_expires_at is not None:
+        _timestamp(out, 0x2A, t.refresh_expires_at)
+    for scope in t.scopes:
+        _string(out, 0x32, scope, always=True)
+    for audience in t.audiences:
+        _string(out, 0x3A, audience, always=True)
+    _string(out, 0x42, t.key_id)
+    return bytes(out)
+
+
+def _varint(out: bytearray, n: int) -> None:
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _string(out: bytearray, tag: int, text: str, *, always: bool = False) -> None:
+    """A length-delimited string field; proto3 leaves an empty singular one out."""
+    if text or always:
+        data = text.encode()
+        out.append(tag)
+        _varint(out, len(data))
+        out += data
+
+
+def _timestamp(out: bytearray, tag: int, instant: float) -> None:
+    """A google.protobuf.Timestamp field, as timestamp(instant) encodes (instants are after 1970)."""
+    seconds = int(instant)
+    nanos = int((instant - seconds) * 1e9)
+    body = bytearray()
+    if seconds:
+        body.append(0x08)
+        _varint(body, seconds)
+    if nanos:
+        body.append(0x10)
+        _varint(body, nanos)
+    out.append(tag)
+    _varint(out, len(body))
+    out += body
+
+
 def introspection(found: Introspection | None) -> token_service_pb2.IntrospectResponse:
     """An IntrospectResponse: `active: false` and nothing else for a token that is not active."""
     if found is None:

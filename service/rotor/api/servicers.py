@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from rotor.api import convert
-from rotor.api.auth import CallerAuth, basic_credentials_or_none, bound_certificate
+from rotor.api.auth import CallerAuth, basic_credentials_or_none
 from rotor.api.calls import TokenCalls
 from rotor.api.handlers import Context, service, streaming, unary
 from rotor.api.limits import RateLimiter, WatcherLimits
@@ -114,9 +114,7 @@ class TokenServicer:
         self.write_timeout = write_timeout  # read by @streaming
 
     @unary
-    async def issue(
-        self, request: token_service_pb2.IssueRequest, context: Context
-    ) -> token_service_pb2.TokenResponse:
+    async def issue(self, request: token_service_pb2.IssueRequest, context: Context) -> bytes:
         client = await self._auth.require(context)
         ttl = convert.seconds_of(request.ttl, "ttl") if request.HasField("ttl") else None
         issued = await self.calls.issue(
@@ -126,23 +124,21 @@ class TokenServicer:
             scopes=tuple(request.scope),
             ttl=ttl,
             subject=request.subject,
-            bound_to=bound_certificate(context),
+            bound_to=self._auth.bound_certificate(context),
         )
-        return convert.token_response(issued)
+        return convert.token_response_bytes(issued)  # a TokenResponse
 
     @unary
-    async def refresh(
-        self, request: token_service_pb2.RefreshRequest, context: Context
-    ) -> token_service_pb2.TokenResponse:
+    async def refresh(self, request: token_service_pb2.RefreshRequest, context: Context) -> bytes:
         client = await self._auth.require(context)
         issued = await self.calls.refresh(
             client,
             context.peer(),
             refresh_token=request.refresh_token,
             scopes=tuple(request.scope),
-            bound_to=bound_certificate(context),
+            bound_to=self._auth.bound_certificate(context),
         )
-        return convert.token_response(issued)
+        return convert.token_response_bytes(issued)  # a TokenResponse
 
     @unary
     async def revoke(

@@ -635,15 +635,23 @@ class ClientDirectory:
         self._by_san.clear()
 
     def _audited(self, entries: tuple[AuditEntry, ...]) -> None:
-        """This process appended `entries`: drop the records if one concerns a client, or if the
-        log moved in between (another process's entry, unseen); else the head just moves on."""
-        if entries[0].sequence != self._head + 1 or any(e.action.startswith("client.") for e in entries):
+        """This process appended `entries` (a store may say so twice: as they are written and once
+        committed): drop the records if one concerns a client, or if the log moved in between
+        (another process's entry, unseen); else the head just moves on. () means that a group
+        of entries it was told of never committed: start over from the committed head."""
+        if not entries:
+            self.clear()
+            self._head = -1
+            return
+        if entries[0].sequence > self._head + 1 or any(e.action.startswith("client.") for e in entries):
             self.clear()
         self._head = max(self._head, entries[-1].sequence)
 
     def _check_head(self) -> None:
+        # a committed head behind ours is this process's own entries, written but not yet
+        # committed (the store tells of them first); one ahead is another process's
         head = self._store.audit_sequence_nowait()
-        if head is not None and head != self._head:
+        if head is not None and head > self._head:
             self._head = head
             self.clear()
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from rotor.core.model import Event
+from rotor.core.model import Event, StoredEvent
 from rotor.store import Store
 
 log = logging.getLogger("rotor.events")
@@ -80,6 +80,10 @@ class Subscription(Generic[T]):
         if self.closed or not self._pending:
             return None
         return self._pending.pop(0)
+
+
+def _sequence(stored: StoredEvent) -> int:
+    return stored.sequence
 
 
 class EventHub(Generic[T]):
@@ -155,19 +159,36 @@ class EventHub(Generic[T]):
                 await asyncio.sleep(self._poll_interval)
 
     async def catch_up(self) -> None:
-        """Read and deliver every event committed since the last one delivered."""
+        """Read and deliver every event committed since the last one delivered.
+
+        The events this process just committed come from the store without a read, as long as
+        they follow on from the last one delivered; at a gap (another process's events between
+        them), the log is read from the last one delivered."""
+        written = sorted(self._store.take_committed_events(), key=_sequence)
+        if written and await self._deliver_from(written, contiguous=True):
+            return
         while True:
             batch = await self._store.events_after(self._cursor, limit=BATCH)
-            for stored in batch:
-                event = stored.decode()
-                if self._on_event is not None:
-                    await self._on_event(event)
-                self._deliver(Delivery(event, self._encode(event)))
-                self._cursor = stored.sequence
-                self.last_sequence[stored.tenant] = stored.sequence
-                self.generation += 1
+            await self._deliver_from(batch, contiguous=False)
             if len(batch) < BATCH:  # the whole log is read: no need to ask again
                 return
+
+    async def _deliver_from(self, events: list[StoredEvent], *, contiguous: bool) -> bool:
+        """Deliver `events` (in sequence order) after the last delivered; False at a gap when
+        they must be `contiguous` (the log is the judge of what lies between)."""
+        for stored in events:
+            if stored.sequence <= self._cursor:
+                continue  # delivered already
+            if contiguous and stored.sequence != self._cursor + 1:
+                return False
+            event = stored.decode()
+            if self._on_event is not None:
+                await self._on_event(event)
+            self._deliver(Delivery(event, self._encode(event)))
+            self._cursor = stored.sequence
+            self.last_sequence[stored.tenant] = stored.sequence
+            self.generation += 1
+        return True
 
     def _deliver(self, delivery: Delivery[T]) -> None:
         for sub in list(self._subscribers.get(delivery.event.tenant, ())):

@@ -254,10 +254,10 @@ class TokenService:
         failure: RotorError | None = None
         async with self._store.transaction() as tx:
             now = self._clock.now()
-            token = await tx.get_refresh_token(token_hash)
-            family = await tx.get_family(token.family_id) if token is not None else None
-            if token is None or family is None:
+            grant = await tx.get_refresh_grant(token_hash)
+            if grant is None:
                 raise RefreshTokenInvalid("unknown refresh token; Issue a new grant")
+            token, family = grant
             if family.revoked_at is not None:
                 raise RefreshTokenRevoked("this refresh token's grant was revoked; Issue a new grant")
             if token.client_id != client.client_id:

@@ -111,6 +111,10 @@ class Tx(Protocol):
 
     async def get_refresh_token(self, token_hash: str) -> RefreshToken | None: ...
 
+    async def get_refresh_grant(self, token_hash: str) -> tuple[RefreshToken, RefreshFamily] | None:
+        """A refresh token with its family, in one read; None if either is missing."""
+        ...
+
     async def mark_refresh_token_used(self, token_hash: str, at: float) -> bool:
         """Mark the token used; False if it was already used or does not exist."""
         ...
@@ -186,6 +190,14 @@ class Store(Protocol):
         """Call `listener` after each commit that appended an event."""
         ...
 
+    def take_committed_events(self) -> list[StoredEvent]:
+        """The events this process committed since the last call, as far as the store can tell
+        them without reading (SQLite keeps them; [] where it cannot): the event hub delivers them
+        without reading back what was just written. They may be out of order, or miss some (or
+        other processes' events may lie between them): a reader checks that the sequences follow
+        on from what it has read, and reads the log when they do not."""
+        ...
+
     def audit_sequence_nowait(self) -> int | None:
         """The audit head's sequence if the backend can read it without waiting (no I/O wait, no
         thread hop), else None."""
@@ -193,7 +205,13 @@ class Store(Protocol):
 
     def add_audit_listener(self, listener: Callable[[tuple[AuditEntry, ...]], None]) -> None:
         """Call `listener` with the entries after each commit of this process that appended to the
-        audit log (every change to a client does). It MUST NOT raise."""
+        audit log (every change to a client does). It MUST NOT raise.
+
+        A store that commits transactions in groups (SQLite) also calls it as each transaction
+        joins its group, in the order their entries were appended, before the group's COMMIT
+        (so a reader of the committed head never sees this process's own entries before the
+        listener does), and with () when a group fails to commit: what it was told of that
+        group is void."""
         ...
 
     async def close(self) -> None: ...

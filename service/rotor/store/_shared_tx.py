@@ -64,6 +64,10 @@ class SharedReads:
         row = await self._one(_sql.GET_REFRESH_TOKEN, (token_hash,))
         return rows.token(row) if row else None
 
+    async def get_refresh_grant(self, token_hash: str) -> tuple[RefreshToken, RefreshFamily] | None:
+        row = await self._one(_sql.GET_REFRESH_GRANT, (token_hash,))
+        return rows.grant(row) if row else None
+
     async def get_revoked_token(self, jti: str) -> RevokedToken | None:
         row = await self._one(_sql.GET_REVOKED_TOKEN, (jti,))
         return rows.revoked(row) if row else None

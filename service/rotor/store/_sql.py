@@ -55,6 +55,11 @@ INSERT_FAMILY = _insert("refresh_families", FAMILY_COLUMNS)
 REVOKE_FAMILY = "UPDATE refresh_families SET revoked_at = $1, revoke_reason = $2 WHERE family_id = $3 AND revoked_at IS NULL"
 GET_REFRESH_TOKEN = f"SELECT {TOKEN_COLUMNS} FROM refresh_tokens WHERE token_hash = $1"
 INSERT_REFRESH_TOKEN = _insert("refresh_tokens", TOKEN_COLUMNS)
+GET_REFRESH_GRANT = (
+    f"SELECT {', '.join('t.' + c for c in TOKEN_COLUMNS.split(', '))}, "
+    f"{', '.join('f.' + c for c in FAMILY_COLUMNS.split(', '))} "
+    "FROM refresh_tokens t JOIN refresh_families f ON f.family_id = t.family_id WHERE t.token_hash = $1"
+)
 MARK_REFRESH_TOKEN_USED = "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL"
 
 # access-token revocations

@@ -265,6 +265,10 @@ class PostgresStore(SharedStore):
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
+    def take_committed_events(self) -> list[StoredEvent]:
+        """None kept: sequences come from a shared counter, so the log is read in any case."""
+        return []
+
     def audit_sequence_nowait(self) -> int | None:
         """None: every PostgreSQL read is a round trip (the ClientDirectory polls instead)."""
         return None

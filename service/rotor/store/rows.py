@@ -99,6 +99,15 @@ def token(row: Iterable[Any]) -> RefreshToken:
     return RefreshToken(*tuple(row))
 
 
+_TOKEN_WIDTH = len(TOKEN_COLUMNS.split(", "))
+
+
+def grant(row: Iterable[Any]) -> tuple[RefreshToken, RefreshFamily]:
+    """A row of TOKEN_COLUMNS then FAMILY_COLUMNS (a refresh token joined with its family)."""
+    r = tuple(row)
+    return token(r[:_TOKEN_WIDTH]), family(r[_TOKEN_WIDTH:])
+
+
 def revoked(row: Iterable[Any]) -> RevokedToken:
     return RevokedToken(*tuple(row))
 

@@ -9,9 +9,10 @@ write lock), inside a SAVEPOINT so that one failing transaction undoes only its
 own changes. Transactions that queued while one ran join its group, and one
 COMMIT (one fsync, in a worker thread) makes the whole group durable; each
 caller returns only once its group is committed, or fails with Unavailable if
-the commit did. `BEGIN IMMEDIATE` also runs in a worker thread: writers in
-other processes, such as the `rotor` CLI, hold the lock for a moment at most,
-and waiting for them must not stall the loop.
+the commit did. `BEGIN IMMEDIATE` is tried on the loop's thread without
+waiting; only when a writer in another process (the `rotor` CLI, another
+worker) holds the lock does it wait, in a worker thread: such writers hold
+it for a moment at most, and waiting for them must not stall the loop.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from rotor.store import AlreadyExists, Unavailable, _sql, rows
 from rotor.store._shared_tx import SharedReads, SharedStore, SharedTx
 
 BUSY_TIMEOUT_MS = 10_000
+MAX_COMMITTED_EVENTS = 1000  # kept for take_committed_events; past that, readers read the log
 
 
 def _states_clause(states: Collection[KeyState] | None) -> tuple[str, list[str]]:
@@ -90,6 +92,7 @@ class _SqliteTx(_Reads, SharedTx):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._sync = conn
         self.appended = False
+        self.events: list[StoredEvent] = []  # what append_event wrote, for the hub once committed
 
     def _check_open(self) -> None:
         # SQLite rolls a transaction back by itself on some errors (a full disk): a later write
@@ -132,6 +135,7 @@ class _SqliteTx(_Reads, SharedTx):
         sequence = cursor.lastrowid
         assert sequence is not None
         self.appended = True
+        self.events.append(StoredEvent(sequence, tenant, type_, occurred_at, payload))
         return sequence
 
     async def lock_keys(self, tenant: str) -> None:
@@ -183,7 +187,18 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     for pragma in _pragmas():
         conn.execute(pragma)
+    # it never waits on the loop's thread: BEGIN IMMEDIATE is tried there without waiting, and
+    # waits (BUSY_TIMEOUT_MS) only in a worker thread when another process holds the lock
+    conn.execute("PRAGMA busy_timeout = 0")
     return conn
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute("PRAGMA busy_timeout = 0")
 
 
 @dataclass(eq=False)
@@ -209,6 +224,7 @@ class SqliteStore(SharedStore):
         self._reads = _Reads(reader)
         super().__init__()
         self._listeners: list[Callable[[], None]] = []
+        self._committed_events: list[StoredEvent] = []  # see take_committed_events
         # one-row reads on the caller's thread, too small to be worth a hop to the reader's
         self._probe = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
@@ -251,6 +267,10 @@ class SqliteStore(SharedStore):
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
+    def take_committed_events(self) -> list[StoredEvent]:
+        taken, self._committed_events = self._committed_events, []
+        return taken
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTx]:
         async with self._write_lock:
@@ -263,6 +283,7 @@ class SqliteStore(SharedStore):
                 with _driver_errors():
                     tx._check_open()
                     self._writer.execute("RELEASE tx")
+                self._committed(tx)  # written in the group's order, before its COMMIT: see Store
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):  # gone with the group if SQLite rolled it back
                     self._writer.execute("ROLLBACK TO tx")
@@ -271,6 +292,10 @@ class SqliteStore(SharedStore):
             group.members.append(tx)
         await asyncio.shield(group.done)
         if tx.appended:
+            if len(self._committed_events) < MAX_COMMITTED_EVENTS:
+                self._committed_events += tx.events
+            else:  # nobody takes them (no hub): the log has them all the same
+                self._committed_events.clear()
             for listener in self._listeners:
                 listener()
         self._committed(tx)
@@ -290,7 +315,12 @@ class SqliteStore(SharedStore):
 
     async def _begin(self) -> _Group:
         try:
-            await asyncio.to_thread(self._writer.execute, "BEGIN IMMEDIATE")
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")  # at once, unless another process writes
+            except sqlite3.OperationalError as e:
+                if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                    raise
+                await asyncio.to_thread(_begin_waiting, self._writer)
         except sqlite3.OperationalError as e:
             raise Unavailable(f"the SQLite store is busy: {e}") from e
         except sqlite3.Error as e:  # a damaged file: not INTERNAL, and the server goes on
@@ -311,6 +341,9 @@ class SqliteStore(SharedStore):
             except sqlite3.Error as e:
                 with contextlib.suppress(sqlite3.Error):  # none left to roll back
                     self._writer.execute("ROLLBACK")
+                if any(tx.audited for tx in group.members):
+                    for listener in self._audit_listeners:
+                        listener(())  # what they were told of this group is void
                 group.done.set_exception(Unavailable(f"the SQLite store could not commit: {e}; retry"))
                 group.done.exception()  # retrieved here too: a group with no member left is fine
             else:
