@@ -27,19 +27,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import Baseline, Credentials, HarnessError, Rotor, load
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 TICKS = os.sysconf("SC_CLK_TCK")
 
-# figure -> (load.py method, whether the server issues refresh tokens); "noop" is the baseline
+# the RPC figures profiled, in the table's order, after the no-op baseline ("noop")
 FIGURES: dict[str, tuple[str, bool]] = {
     "baseline": ("noop", False),
-    "keyset": ("keyset", True),
-    "issue_no_refresh": ("issue", False),
-    "issue_refresh": ("issue", True),
-    "refresh": ("refresh", True),
-    "revoke": ("revoke", False),
+    **{f: harness.FIGURES[f] for f in ("keyset", "issue_no_refresh", "issue_refresh", "refresh", "revoke")},
 }
 
 TRANSPORT = "transport and grpc.aio glue"

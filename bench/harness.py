@@ -61,6 +61,18 @@ class HarnessError(Exception):
 SOFTHSM2_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 
+# figure -> (load.py method, whether the server issues refresh tokens), for every RPC figure
+FIGURES: dict[str, tuple[str, bool]] = {
+    "issue_no_refresh": ("issue", False),
+    "issue_refresh": ("issue", True),
+    "refresh": ("refresh", True),
+    "revoke": ("revoke", False),
+    "keyset": ("keyset", True),
+    "issue_pkcs11": ("issue", False),
+}
+PKCS11_FIGURES = {"issue_pkcs11"}  # keys on a SoftHSM2 token: every signature a C_Sign
+
+
 def softhsm_token(home: Path) -> dict[str, str]:
     """A fresh SoftHSM2 token labelled rotor-bench under `home`; the environment that reaches it."""
     util = shutil.which("softhsm2-util")

@@ -48,7 +48,9 @@ import report
 import verify
 import workers
 from harness import (
+    FIGURES,
     HERE,
+    PKCS11_FIGURES,
     Baseline,
     Credentials,
     HarnessError,
@@ -65,17 +67,6 @@ from rotor_client import KeyAdminStub, ListKeysRequest, RotateKeysRequest, basic
 
 ROOT = HERE.parent
 PARTS = ("load", "profile", "peer", "fanout", "verify", "startup", "workers")
-FIGURES: dict[
-    str, tuple[str, bool]
-] = {  # figure -> (load.py method, whether the server issues refresh tokens)
-    "issue_no_refresh": ("issue", False),
-    "issue_refresh": ("issue", True),
-    "refresh": ("refresh", True),
-    "revoke": ("revoke", False),
-    "keyset": ("keyset", True),
-    "issue_pkcs11": ("issue", False),
-}
-PKCS11_FIGURES = {"issue_pkcs11"}  # keys on a SoftHSM2 token: every signature a C_Sign
 SMOKE = {
     "concurrency": "4",
     "seconds": 0.2,
