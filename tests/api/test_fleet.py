@@ -246,7 +246,8 @@ async def two_replicas(tmp_path: Any) -> Any:
 
 async def test_the_ack_gate_sees_a_watcher_streaming_from_another_replica(two_replicas: Any) -> None:
     clock, (registry_a, _), (fleet_a, fleet_b) = two_replicas
-    with registry_a.track("orders", "ipv4:10.0.0.7:5000", "", clock.now()) as stream:
+    stream = registry_a.add("orders", "ipv4:10.0.0.7:5000", "", clock.now())
+    try:
         registry_a.sent(stream, 5, ["k1"])
         assert fleet_a.unacknowledged("", "k2") == ["orders"], "its own stream, at once"
         assert fleet_b.unacknowledged("", "k2") == [], "replica b has not read the store yet"
@@ -264,6 +265,8 @@ async def test_the_ack_gate_sees_a_watcher_streaming_from_another_replica(two_re
         await fleet_a.sync()
         await fleet_b.sync()
         assert fleet_b.unacknowledged("", "k2") == []
+    finally:
+        registry_a.remove(stream)
     await fleet_a.sync()  # the stream ended: written at once
     await fleet_b.sync()
     assert await fleet_b.watchers("") == [] and fleet_b.unacknowledged("", "k3") == []

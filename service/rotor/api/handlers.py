@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
 from rotor.api.errors import abort, abort_internal, abort_with, failure
-from rotor.core.errors import InvalidRequest, RotorError, WatcherTooSlow
+from rotor.core.errors import InvalidRequest, RotorError
 from rotor.logs import new_request_id, request_id
 from rotor.metrics import Metrics, caller
 from rotor.store import StoreError
@@ -75,8 +75,6 @@ async def _fail(context: Context, error: BaseException, method: str) -> None:
 
 
 Unary = Callable[[Any, Any, Context], Awaitable[Any]]
-Streaming = Callable[[Any, Any, Context], AsyncIterator[Any]]
-StreamingWriter = Callable[[Any, Any, Context], Awaitable[None]]
 BoundUnary = Callable[[Any, Context], Awaitable[Any]]
 BoundStreaming = Callable[[Any, Context], Awaitable[None]]
 
@@ -89,33 +87,6 @@ def unary(method: Unary) -> Unary:
         try:
             _check_decoded(request)
             return await method(self, request, context)
-        except (asyncio.CancelledError, aio.AbortError):
-            raise
-        except Exception as error:
-            await _fail(context, error, method.__qualname__)
-
-    return handler
-
-
-def streaming(method: Streaming) -> StreamingWriter:
-    """A server-streaming handler that writes what `method` yields, each message within
-    `self.write_timeout` seconds: a subscriber that takes nothing for that long (its flow-control
-    window full) is cut off with WATCHER_TOO_SLOW instead of holding the stream forever. Every
-    failure is mapped to a status with ErrorInfo."""
-
-    @functools.wraps(method)
-    async def handler(self: Any, request: Any, context: Context) -> None:
-        try:
-            _check_decoded(request)
-            async for response in method(self, request, context):
-                try:
-                    async with asyncio.timeout(self.write_timeout):
-                        await context.write(response)
-                except TimeoutError:
-                    raise WatcherTooSlow(
-                        f"this stream took no data for {self.write_timeout:g} s and was cut off; "
-                        "reconnect with after_sequence set to the last sequence received"
-                    ) from None
         except (asyncio.CancelledError, aio.AbortError):
             raise
         except Exception as error:
@@ -145,20 +116,29 @@ def _counted_unary(method: str, fn: BoundUnary, metrics: Metrics) -> BoundUnary:
     return call
 
 
-def _counted_stream(method: str, fn: BoundStreaming, metrics: Metrics) -> BoundStreaming:
-    """`fn`, counted among the open streams, with its outcome recorded."""
+def _stream(method: str, fn: BoundStreaming, metrics: Metrics | None) -> BoundStreaming:
+    """`fn`, a server-streaming handler that writes its own messages, with every failure mapped to
+    a status with ErrorInfo and (given metrics) counted among the open streams with its outcome
+    recorded. One wrapper, so one frame: a server holds thousands of streams for hours."""
 
     async def call(request: Any, context: Context) -> None:
-        failure.set(("OK", ""))
-        caller.set("")
-        request_id.set(new_request_id(context.invocation_metadata()))
-        metrics.watchers.inc()
+        if metrics is not None:
+            failure.set(("OK", ""))
+            caller.set("")
+            request_id.set(new_request_id(context.invocation_metadata()))
+            metrics.watchers.inc()
         try:
+            _check_decoded(request)
             await fn(request, context)
+        except (asyncio.CancelledError, aio.AbortError):
+            raise
+        except Exception as error:
+            await _fail(context, error, fn.__qualname__)
         finally:
-            metrics.watchers.dec()
-            code, reason = failure.get()
-            metrics.observe(method, code, None, reason)
+            if metrics is not None:
+                metrics.watchers.dec()
+                code, reason = failure.get()
+                metrics.observe(method, code, None, reason)
 
     return call
 
@@ -178,7 +158,7 @@ def service(
         )
     for method, (stream_fn, request_type) in streams.items():
         handlers[method] = grpc.unary_stream_rpc_method_handler(
-            stream_fn if metrics is None else _counted_stream(method, stream_fn, metrics),
+            _stream(method, stream_fn, metrics),
             request_deserializer=decoder(request_type),
             response_serializer=encode,
         )

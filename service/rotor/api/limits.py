@@ -7,10 +7,9 @@ sign-in limits also say when to come back (google.rpc.RetryInfo).
 
 from __future__ import annotations
 
-import contextlib
 import math
+import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rotor.clock import Clock
@@ -151,9 +150,13 @@ class WatcherLimits:
     def count(self) -> int:
         return self._count
 
-    @contextlib.contextmanager
-    def hold(self, client: Client | None, peer: str) -> Iterator[None]:
-        who = f"client:{client.client_id}" if client is not None else f"address:{peer_address(peer)}"
+    def take(self, client: Client | None, peer: str) -> str:
+        """Count one more stream for its holder; returns the key `give_back` takes. TooManyWatchers
+        at a cap. (A pair of calls, not a context manager: a server holds thousands of streams, and
+        each held generator frame costs memory.)"""
+        who = sys.intern(
+            f"client:{client.client_id}" if client is not None else f"address:{peer_address(peer)}"
+        )
         if self._count >= self.total:
             raise TooManyWatchers(
                 f"the server holds as many watchers as it allows ({self.total}); retry with backoff"
@@ -165,10 +168,10 @@ class WatcherLimits:
             )
         self._open[who] += 1
         self._count += 1
-        try:
-            yield
-        finally:
-            self._open[who] -= 1
-            if not self._open[who]:
-                del self._open[who]
-            self._count -= 1
+        return who
+
+    def give_back(self, who: str) -> None:
+        self._open[who] -= 1
+        if not self._open[who]:
+            del self._open[who]
+        self._count -= 1

@@ -1,12 +1,12 @@
 """The rotor.v1 services: TokenService and KeyAdmin.
 
 Each method authenticates, validates and converts, calls the core, and
-converts back. Failures are mapped by the `unary`/`streaming` wrappers.
+converts back. Failures are mapped by `unary`, and for the stream by `service` (api/handlers.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -14,8 +14,9 @@ import grpc
 from rotor.api import convert
 from rotor.api.auth import CallerAuth, basic_credentials_or_none
 from rotor.api.calls import TokenCalls
-from rotor.api.handlers import Context, service, streaming, unary
+from rotor.api.handlers import Context, service, unary
 from rotor.api.limits import RateLimiter, WatcherLimits
+from rotor.api.streams import Stream, Streams
 from rotor.clock import Clock
 from rotor.core import audit, validation
 from rotor.core.audit import RefusalBudget, Suppressed
@@ -32,7 +33,7 @@ from rotor.core.events import EventHub
 from rotor.core.fleet import Fleet, check_report
 from rotor.core.keys import KeyManager
 from rotor.core.model import Client, Event
-from rotor.core.propagation import WatcherRegistry
+from rotor.core.propagation import WatcherRegistry, WatcherState
 from rotor.core.tokens import TokenService
 from rotor.metrics import Metrics
 from rotor.store import Store
@@ -110,8 +111,7 @@ class TokenServicer:
         self._hub, self._encoder, self._clock, self._limits = hub, encoder, clock, limits
         self.calls = TokenCalls(tokens, keys, store, clock, rates, refusals)  # shared with the HTTP door
         self._keysets = KeySetCache(store, hub, encoder, clock)
-        self._heartbeat = heartbeat_interval
-        self.write_timeout = write_timeout  # read by @streaming
+        self._streams = Streams(heartbeat_interval, write_timeout)
 
     @unary
     async def issue(self, request: token_service_pb2.IssueRequest, context: Context) -> bytes:
@@ -161,58 +161,70 @@ class TokenServicer:
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
         return await self._keysets.get(tenant)
 
-    @streaming
     async def watch_key_rotations(
         self, request: token_service_pb2.WatchKeyRotationsRequest, context: Context
-    ) -> AsyncIterator[bytes]:
+    ) -> None:
+        # Kept lean: a server holds thousands of these for hours, so each holds one frame while
+        # it waits (the stream's caps and registrations are plain calls, not context managers).
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
         client = await self._auth.optional(context)
         name = _watcher_name(context.invocation_metadata())
-        with (
-            self._limits.hold(client, context.peer()),
-            self._watchers.track(name, context.peer(), tenant, self._clock.now()) as seen,
-        ):
-            sub = self._hub.subscribe(tenant)  # before reading: nothing committed from now on is missed
-            try:
-                await context.send_initial_metadata(())  # the watcher knows it is connected before any event
-                last = request.after_sequence
-                if await self._can_resume(tenant, last):
-                    while events := await self._store.events_after(last, tenant):
-                        for stored in events:
-                            event = stored.decode()
-                            yield self._encoder.event(event)
-                            last = stored.sequence
-                            self._watchers.sent(seen, last, _kids(event))
-                else:
-                    # a revoked token stays listed while a verifier allowing clock skew could still accept it
-                    snap = await self._store.snapshot(
-                        tenant, self._clock.now() - self._keys.policy.clock_skew
+        holder = self._limits.take(client, context.peer())
+        seen = self._watchers.add(name, context.peer(), tenant, self._clock.now())
+        sub = self._hub.subscribe(tenant)  # before reading: nothing committed from now on is missed
+        stream = self._streams.open(sub)
+        try:
+            await context.send_initial_metadata(())  # the watcher knows it is connected before any event
+            last = await self._catch_up(stream, context, tenant, request.after_sequence, seen)
+            while True:  # each event as the hub delivers it, and a heartbeat when one is due
+                delivery = sub.pop()
+                if delivery is None and not sub.closed:
+                    await sub.wait()
+                    delivery = sub.pop()
+                if delivery is not None:
+                    if delivery.event.sequence > last:
+                        if self._metrics is not None:
+                            lag = self._clock.now() - delivery.event.occurred_at
+                            self._metrics.delivery_lag.observe(max(lag, 0.0))
+                        await self._streams.write(stream, context, delivery.encoded)
+                        last = delivery.event.sequence
+                        self._watchers.sent(seen, last, _kids(delivery.event))
+                elif sub.closed == "shutdown":
+                    raise ShuttingDown(f"the server is shutting down; reconnect with after_sequence={last}")
+                elif sub.closed:
+                    raise WatcherTooSlow(
+                        f"this watcher fell too far behind and was cut off; reconnect with after_sequence={last}"
                     )
-                    yield self._encoder.snapshot(snap, self._clock.now())
-                    last = snap.sequence
-                    self._watchers.sent(seen, last, (k.kid for k in snap.keys))
-                while True:
-                    delivery = await sub.next(self._heartbeat)
-                    if delivery is not None:
-                        if delivery.event.sequence > last:
-                            if self._metrics is not None:
-                                lag = self._clock.now() - delivery.event.occurred_at
-                                self._metrics.delivery_lag.observe(max(lag, 0.0))
-                            yield delivery.encoded
-                            last = delivery.event.sequence
-                            self._watchers.sent(seen, last, _kids(delivery.event))
-                    elif sub.closed == "shutdown":
-                        raise ShuttingDown(
-                            f"the server is shutting down; reconnect with after_sequence={last}"
-                        )
-                    elif sub.closed:
-                        raise WatcherTooSlow(
-                            f"this watcher fell too far behind and was cut off; reconnect with after_sequence={last}"
-                        )
-                    else:
-                        yield self._encoder.heartbeat(last, self._clock.now())
-            finally:
-                self._hub.unsubscribe(sub)
+                else:  # woken for a heartbeat
+                    await self._streams.write(
+                        stream, context, self._encoder.heartbeat(last, self._clock.now())
+                    )
+        finally:
+            self._streams.close(stream)
+            self._hub.unsubscribe(sub)
+            self._watchers.remove(seen)
+            self._limits.give_back(holder)
+
+    async def _catch_up(
+        self, stream: Stream, context: Context, tenant: str, after: int, seen: WatcherState | None
+    ) -> int:
+        """Send what the watcher missed since `after` (or a snapshot when that is not in the log);
+        returns the last sequence sent."""
+        write = self._streams.write
+        if await self._can_resume(tenant, after):
+            last = after
+            while events := await self._store.events_after(last, tenant):
+                for stored in events:
+                    event = stored.decode()
+                    await write(stream, context, self._encoder.event(event))
+                    last = stored.sequence
+                    self._watchers.sent(seen, last, _kids(event))
+            return last
+        # a revoked token stays listed while a verifier allowing clock skew could still accept it
+        snap = await self._store.snapshot(tenant, self._clock.now() - self._keys.policy.clock_skew)
+        await write(stream, context, self._encoder.snapshot(snap, self._clock.now()))
+        self._watchers.sent(seen, snap.sequence, (k.kid for k in snap.keys))
+        return snap.sequence
 
     @unary
     async def report_verifications(

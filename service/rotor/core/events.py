@@ -37,14 +37,15 @@ class Delivery(Generic[T]):
 
 class Subscription(Generic[T]):
     """One subscriber's queue: at most QUEUE_SIZE deliveries waiting. `closed` says why it ended:
-    "slow" or "shutdown". Kept small (a list, and a future only while the subscriber waits):
+    "slow" or "shutdown". Kept small (a list and the future it last waited on):
     a server holds thousands."""
 
-    __slots__ = ("_pending", "_waiter", "closed", "tenant")
+    __slots__ = ("_beat", "_pending", "_waiter", "closed", "tenant")
 
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant
         self.closed = ""
+        self._beat = False
         self._pending: list[Delivery[T]] = []
         self._waiter: asyncio.Future[None] | None = None
 
@@ -56,6 +57,14 @@ class Subscription(Generic[T]):
         self._wake()
         return True
 
+    def beat(self) -> None:
+        """End the subscriber's wait with nothing to pop (its owner's heartbeat is due); if it is
+        not waiting, its next wait ends at once."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        else:
+            self._beat = True
+
     def _close(self, why: str) -> None:
         if not self.closed:
             self.closed = why
@@ -66,20 +75,29 @@ class Subscription(Generic[T]):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def pop(self) -> Delivery[T] | None:
+        """The oldest queued delivery; None when there is none or the subscription is closed."""
+        return self._pending.pop(0) if self._pending and not self.closed else None
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future done once a delivery is offered, the subscription closes or `beat` is called
+        (done already if one of them happened since the last wait). A future, not a coroutine:
+        a subscriber waiting on it keeps no frame of ours alive."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        if self._pending or self.closed or self._beat:
+            waiter.set_result(None)
+        self._beat = False
+        return waiter
+
     async def next(self, wait: float) -> Delivery[T] | None:
-        """The next delivery; None on timeout or when closed (check `closed`)."""
+        """The next delivery; None after `wait` seconds, on `beat`, or when closed (check `closed`)."""
         if not self._pending and not self.closed:
-            self._waiter = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(wait):
-                    await self._waiter
+                    await self.wait()
             except TimeoutError:
                 return None
-            finally:
-                self._waiter = None
-        if self.closed or not self._pending:
-            return None
-        return self._pending.pop(0)
+        return self.pop()
 
 
 def _sequence(stored: StoredEvent) -> int:

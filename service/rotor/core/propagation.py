@@ -11,9 +11,7 @@ every replica reads every other's.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -31,21 +29,19 @@ class WatcherRegistry:
     """The named watchers connected to this process."""
 
     def __init__(self) -> None:
-        self._watchers: dict[int, WatcherState] = {}
-        self._ids = itertools.count()
+        self._watchers: dict[WatcherState, None] = {}  # in the order they connected
 
-    @contextlib.contextmanager
-    def track(self, name: str, peer: str, tenant: str, now: float) -> Iterator[WatcherState | None]:
-        """Track a stream while it is open (None, tracking nothing, for an unnamed watcher)."""
+    def add(self, name: str, peer: str, tenant: str, now: float) -> WatcherState | None:
+        """Track a stream until `remove` (None, tracking nothing, for an unnamed watcher)."""
         if not name:
-            yield None
-            return
-        key, state = next(self._ids), WatcherState(name, peer, tenant, now)
-        self._watchers[key] = state
-        try:
-            yield state
-        finally:
-            del self._watchers[key]
+            return None
+        state = WatcherState(name, peer, tenant, now)
+        self._watchers[state] = None
+        return state
+
+    def remove(self, state: WatcherState | None) -> None:
+        if state is not None:
+            del self._watchers[state]
 
     @staticmethod
     def sent(state: WatcherState | None, sequence: int, kids: Iterable[str] | None) -> None:
@@ -58,16 +54,12 @@ class WatcherRegistry:
 
     def all(self) -> list[WatcherState]:
         """Every connected named watcher, of every tenant."""
-        return list(self._watchers.values())
+        return list(self._watchers)
 
     def named(self, tenant: str) -> list[WatcherState]:
         """The tenant's connected named watchers, oldest connection first."""
-        return sorted(
-            (w for w in self._watchers.values() if w.tenant == tenant), key=lambda w: w.connected_at
-        )
+        return sorted((w for w in self._watchers if w.tenant == tenant), key=lambda w: w.connected_at)
 
     def unacknowledged(self, tenant: str, kid: str) -> list[str]:
         """Names of the tenant's connected named watchers that have not been sent key `kid`."""
-        return sorted(
-            {w.name for w in self._watchers.values() if w.tenant == tenant and kid not in w.known_kids}
-        )
+        return sorted({w.name for w in self._watchers if w.tenant == tenant and kid not in w.known_kids})
