@@ -184,8 +184,10 @@ def measure_fanout(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     raise HarnessError(f"{failed} watchers failed before their snapshot: {' '.join(error)}")
             time.sleep(args.settle)
             rss_after = rotor.rss()
+            server_cpu = peer.cpu_seconds(rotor.pid)
             sent, answered = rotate(rotor.address, admin)
             results = [script.result(180) for script in scripts]
+            server_cpu = peer.cpu_seconds(rotor.pid) - server_cpu
         finally:
             for script in scripts:
                 script.stop()
@@ -216,6 +218,9 @@ def measure_fanout(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "rss_before": rss_before,
         "rss_after": rss_after,
         "bytes_per_watcher": (rss_after - rss_before) / n,
+        # CPU from the rotation until every watcher read its event: where the delivery's time goes
+        "server_cpu_ms": server_cpu * 1000,
+        "watchers_cpu_ms": sum(r["cpu_s"] for r in results) * 1000,
     }
 
 

@@ -8,8 +8,8 @@ SNAPSHOT. Once every stream has it or has failed, the process prints
 `ready OPENED FAILED [FIRST ERROR]`; then each stream waits for the first key event after its
 snapshot and notes the wall-clock time (time.time()) it arrived. At the end
 (every stream has its event, or --timeout passed) it writes one JSON object to
---out: received (the arrival times), missing, errors, and the event's sequence,
-type and occurred_at.
+--out: received (the arrival times), missing, errors, the event's sequence,
+type and occurred_at, and the CPU seconds the process spent from `ready` on.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ class Watchers:
         self.all_started = asyncio.Event()
         self.errors: list[str] = []
         self._opening = asyncio.Semaphore(opening)
+        # every call stays open until the process is done, as a real watcher's would: a stream
+        # closed on its event would make the server tear it down while it still delivers to others
+        self.calls: list[Any] = []
 
     def started(self, ok: bool) -> None:
         self._opening.release()
@@ -56,6 +59,7 @@ class Watchers:
         snapshot: int | None = None
         await self._opening.acquire()
         call = stub.WatchKeyRotations(WatchKeyRotationsRequest(), metadata=metadata)
+        self.calls.append(call)
         try:
             async for event in call:
                 if snapshot is None:
@@ -71,8 +75,6 @@ class Watchers:
             if snapshot is None:
                 self.started(False)
             raise
-        finally:
-            call.cancel()
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,11 +89,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await asyncio.wait_for(watchers.all_started.wait(), args.timeout)
         print(f"ready {watchers.opened} {watchers.failed} {''.join(watchers.errors[:1])}", flush=True)
+        cpu_ready = time.process_time()
         done, _ = await asyncio.wait(tasks, timeout=args.timeout)
+        cpu_s = time.process_time() - cpu_ready
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for call in watchers.calls:
+            call.cancel()
         await asyncio.gather(*(channel.close() for channel in channels))
     arrived = [task.result() for task in done if not task.cancelled() and task.exception() is None]
     events = {(e.sequence, e.type, e.occurred_at.seconds + e.occurred_at.nanos / 1e9) for _, e in arrived}
@@ -101,6 +107,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "missing": len(plan) - len(arrived),
         "errors": watchers.errors[:5],
         "distinct_events": len(events),
+        "cpu_s": cpu_s,  # this process's CPU (every thread) from `ready` to the last event read
         "event": {"sequence": sequence, "type": KeyEventType.Name(type_), "occurred_at": occurred_at},
     }
 
