@@ -331,11 +331,16 @@ class Rotor:
 
 
 class Baseline:
-    """bench/baseline.py: the bare server every Rotor figure is a ratio to."""
+    """A bare server a Rotor figure is a ratio to: bench/baseline.py (a no-op unary method) or,
+    for the fan-out, bench/fanout_floor.py."""
+
+    def __init__(self, script: str = "baseline.py") -> None:
+        self.name = script
 
     def __enter__(self) -> Baseline:
-        self.script = Script("baseline.py", result=False)
+        self.script = Script(self.name, result=False)
         self.address = f"127.0.0.1:{self.script.line(30)}"
+        self.pid = self.script.proc.pid
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -299,10 +299,15 @@ def _fanout_section(results: dict[str, Any], images: dict[str, str]) -> list[str
         "(KEY_PUBLISHED) every watcher must receive. Delay is measured from the event's own `occurred_at`, "
         "stamped inside the rotation's transaction just before it commits (so the figure includes the "
         "commit), to the moment each watcher's process reads the event (wall clock, same machine); the "
-        "delay from the moment RotateKeys was sent is shown too. Memory per idle watcher is the server's "
+        "delay from the moment RotateKeys was sent is shown too. Watchers keep their streams open after "
+        "the event, as real ones do. Memory per idle watcher is the server's "
         "RSS growth (/proc/PID/status) from before the streams opened to after they settled, divided by N. "
-        "Each count is measured in several rounds, each on a fresh server; the row is the round whose p99 is "
-        "the median.",
+        "CPU is the server's and the watcher processes' user + system time from the rotation until the last "
+        "watcher read its event: both share the machine's cores, so the watchers' share slows the delivery "
+        "too. Each round first measures the same way a bare grpc.aio server that only fans out "
+        "(bench/fanout_floor.py: no authentication, no store, one queue per stream, on Rotor's loop and "
+        "options), then a fresh Rotor; each count runs several rounds, and the row is the round whose "
+        "p99 is the median.",
         "",
     ]
     rows = [
@@ -316,6 +321,8 @@ def _fanout_section(results: dict[str, Any], images: dict[str, str]) -> list[str
             f"{r['from_sent_p50_ms']:.1f} / {r['from_sent_p99_ms']:.1f} / {r['from_sent_max_ms']:.1f}",
             f"{r['rotate_call_ms']:.1f}",
             f"{r['bytes_per_watcher'] / 1000:.1f}",
+            _cpu(r),
+            *_bare(r),
         ]
         for r in results["fanout"]
     ]
@@ -330,11 +337,32 @@ def _fanout_section(results: dict[str, Any], images: dict[str, str]) -> list[str
             "from RotateKeys sent: p50 / p99 / max ms",
             "RotateKeys call ms",
             "server KB per idle watcher",
+            "CPU ms: server / watchers",
+            "bare grpc.aio: p50 / p99 ms",
+            "bare grpc.aio: KB per idle watcher",
+            "bare grpc.aio CPU ms: server / watchers",
         ],
         rows,
     )
     out += [f"![Fan-out delay]({images['fanout']})", ""]
     return out
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    if "server_cpu_ms" not in r:  # results from before the harness measured it
+        return "-"
+    return f"{r['server_cpu_ms']:.0f} / {r['watchers_cpu_ms']:.0f}"
+
+
+def _bare(r: dict[str, Any]) -> list[str]:
+    bare = r.get("bare")
+    if bare is None:
+        return ["-", "-", "-"]
+    return [
+        f"{bare['p50_ms']:.1f} / {bare['p99_ms']:.1f}",
+        f"{bare['bytes_per_watcher'] / 1000:.1f}",
+        _cpu(bare),
+    ]
 
 
 PROFILE_LABELS = {"baseline": "no-op baseline", **LABELS}
@@ -619,12 +647,15 @@ def _latency(results: dict[str, Any]) -> Any:
 
 def _fanout_plot(results: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4))
+    shares = [i / 100 for i in range(1, 101)]
     for r in results["fanout"]:
-        ax.plot(r["cdf_ms"], [i / 100 for i in range(1, 101)], label=f"{r['watchers']:,} watchers")
+        (line,) = ax.plot(r["cdf_ms"], shares, label=f"{r['watchers']:,} watchers")
+        if "cdf_ms" in r.get("bare", {}):
+            ax.plot(r["bare"]["cdf_ms"], shares, color=line.get_color(), linestyle=":", label="bare grpc.aio")
     ax.axvline(250, color="black", linewidth=0.8, linestyle="--")
     ax.set_xlabel("ms from the event's commit to its arrival (target for p99: 250 ms, dashed)")
+    ax.set_title("Rotation fan-out (dotted: the bare grpc.aio server, same watchers)")
     ax.set_ylabel("share of watchers")
-    ax.set_title("Rotation fan-out")
     ax.legend()
     return fig
 

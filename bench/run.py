@@ -1,19 +1,20 @@
 """`make bench`: Rotor's performance figures, each next to a baseline measured in the same run.
 
-    python bench/run.py [--smoke] [--parts load,profile,fanout,verify,startup,workers] [--seconds S] ...
+    python bench/run.py [--smoke] [--parts load,profile,peer,fanout,verify,startup,workers] [--seconds S] ...
 
 Parts:
   load     the baseline (bench/baseline.py) and a fresh Rotor per figure, driven by the same
            load generator (bench/load.py) at each concurrency, baseline and Rotor runs
            alternating, the median of --rounds each: ratios to the baseline, p50/p99 latency
   profile  each RPC under load at --profile-concurrency with py-spy sampling the server
-           (bench/profile.py): server CPU per call, by stage (`make bench-profile` runs it alone)
+           (bench/attribution.py): server CPU per call, by stage (`make bench-profile` runs it alone)
   peer     node oidc-provider's /token (bench/peer/) next to Rotor's /oauth2/token, both driven by
            wrk at --peer-concurrency, and Rotor's gRPC Issue by bench/load.py, alternating
            (bench/peer.py): throughput, and server CPU-seconds per 1,000 tokens
   fanout   N watchers (bench/watchers.py processes) on WatchKeyRotations, then RotateKeys:
-           the time from the event's commit to its arrival at every watcher; the server's
-           memory per idle watcher
+           the time from the event's commit to its arrival at every watcher, the server's
+           memory per idle watcher and the CPU the delivery took; the same watchers on a bare
+           grpc.aio fan-out server (bench/fanout_floor.py) first, in each round
   verify   rotor_client.Verifier against raw jwt.decode, in this process (bench/verify.py)
   startup  spawn to SERVING, on a fresh store and on an existing one
   workers  Issue with `rotor serve --workers N` (bench/workers.py), as ratios to 1 worker
@@ -60,6 +61,7 @@ from harness import (
     load,
     percentile,
     raise_fd_limit,
+    rss_bytes,
     watchers_per_client,
 )
 from rotor import loop
@@ -165,32 +167,59 @@ def summarize(concurrency: int, pairs: list[tuple[dict[str, Any], dict[str, Any]
 
 
 def measure_fanout(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    """N watchers over --watcher-processes processes, then one rotation (KEY_PUBLISHED) by an admin."""
+    """One round at N watchers: the bare fan-out server (bench/fanout_floor.py), then a fresh Rotor,
+    each with N watchers over --watcher-processes processes and one rotation by an admin."""
+    with Baseline("fanout_floor.py") as floor:
+        anyone = Credentials("floor", "-")  # the bare server checks no credentials
+        bare = fan_out(
+            floor.address, floor.pid, anyone, watcher_plans(n, args.watcher_processes, [anyone], n), args
+        )
     with Rotor() as rotor:
         rotor.start()
         admin = rotor.add_client("bench-admin", admin=True)
         per_client = watchers_per_client()
         clients = [rotor.add_client(f"bench-watcher-{i}") for i in range(math.ceil(n / per_client))]
+        plans = watcher_plans(n, args.watcher_processes, clients, per_client)
+        figures = fan_out(rotor.address, rotor.pid, admin, plans, args)
+    return {
+        "watchers": n,
+        "processes": args.watcher_processes,
+        "channels_per_process": args.watcher_channels,
+        "clients": len(clients),
+        **figures,
+        "bare": {k: bare[k] for k in BARE_FIGURES},
+    }
+
+
+BARE_FIGURES = ("p50_ms", "p99_ms", "cdf_ms", "bytes_per_watcher", "server_cpu_ms", "watchers_cpu_ms")
+
+
+def fan_out(
+    address: str, pid: int, admin: Credentials, plans: list[list[str]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Open the planned watchers on the server at `address` (process `pid`), rotate once as
+    `admin`, and measure the event's way to every watcher."""
+    time.sleep(args.settle)
+    rss_before = rss_bytes(pid)
+    scripts = [
+        Script("watchers.py", f"--target={address}", f"--channels={args.watcher_channels}", *plan)
+        for plan in plans
+    ]
+    try:
+        for script in scripts:
+            _, _, failed, *error = script.line(180).split(" ", 3)
+            if int(failed):
+                raise HarnessError(f"{failed} watchers failed before their snapshot: {' '.join(error)}")
         time.sleep(args.settle)
-        rss_before = rotor.rss()
-        scripts = [
-            Script("watchers.py", f"--target={rotor.address}", f"--channels={args.watcher_channels}", *plan)
-            for plan in watcher_plans(n, args.watcher_processes, clients, per_client)
-        ]
-        try:
-            for script in scripts:
-                _, _, failed, *error = script.line(180).split(" ", 3)
-                if int(failed):
-                    raise HarnessError(f"{failed} watchers failed before their snapshot: {' '.join(error)}")
-            time.sleep(args.settle)
-            rss_after = rotor.rss()
-            server_cpu = peer.cpu_seconds(rotor.pid)
-            sent, answered = rotate(rotor.address, admin)
-            results = [script.result(180) for script in scripts]
-            server_cpu = peer.cpu_seconds(rotor.pid) - server_cpu
-        finally:
-            for script in scripts:
-                script.stop()
+        rss_after = rss_bytes(pid)
+        server_cpu = peer.cpu_seconds(pid)
+        sent, answered = rotate(address, admin)
+        results = [script.result(180) for script in scripts]
+        server_cpu = peer.cpu_seconds(pid) - server_cpu
+    finally:
+        for script in scripts:
+            script.stop()
+    n = sum(len(r["received"]) + r["missing"] for r in results)
     missing = sum(r["missing"] for r in results)
     events = {(r["event"]["sequence"], r["event"]["occurred_at"]) for r in results}
     if missing or len(events) != 1 or any(r["distinct_events"] != 1 for r in results):
@@ -201,10 +230,6 @@ def measure_fanout(n: int, args: argparse.Namespace) -> dict[str, Any]:
     from_commit = [(t - occurred_at) * 1000 for t in arrivals]
     from_sent = [(t - sent) * 1000 for t in arrivals]
     return {
-        "watchers": n,
-        "processes": args.watcher_processes,
-        "channels_per_process": args.watcher_channels,
-        "clients": len(clients),
         "event": results[0]["event"]["type"],
         "rotate_call_ms": (answered - sent) * 1000,
         "occurred_after_sent_ms": (occurred_at - sent) * 1000,
