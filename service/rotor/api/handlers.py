@@ -123,8 +123,8 @@ def _stream(method: str, fn: BoundStreaming, metrics: Metrics | None) -> BoundSt
 
     async def call(request: Any, context: Context) -> None:
         if metrics is not None:
-            failure.set(("OK", ""))
-            caller.set("")
+            # `failure` and `caller` start at their defaults in the call's own task: setting them
+            # here would only grow the context every open stream keeps
             request_id.set(new_request_id(context.invocation_metadata()))
             metrics.watchers.inc()
         try:
