@@ -315,6 +315,13 @@ class Rotor:
         assert self.proc is not None and self.workers == 1, "one process to measure"
         return rss_bytes(self.proc.pid)
 
+    def serving_pids(self) -> list[int]:
+        """The processes that serve calls: this one, or with --workers N its N workers."""
+        if self.workers == 1:
+            return [self.pid]
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
     def add_client(self, name: str, *, admin: bool = False) -> Credentials:
         argv = [ROTOR, "clients", "add", name, "--audience", AUDIENCE, "--config", str(self.config), "--json"]
         added = subprocess.run([*argv, *(["--admin"] if admin else [])], capture_output=True, text=True)

@@ -166,28 +166,37 @@ def summarize(concurrency: int, pairs: list[tuple[dict[str, Any], dict[str, Any]
 # -- fan-out -----------------------------------------------------------------------
 
 
-def measure_fanout(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One round at N watchers: the bare fan-out server (bench/fanout_floor.py), then a fresh Rotor,
-    each with N watchers over --watcher-processes processes and one rotation by an admin."""
-    with Baseline("fanout_floor.py") as floor:
-        anyone = Credentials("floor", "-")  # the bare server checks no credentials
-        bare = fan_out(
-            floor.address, floor.pid, anyone, watcher_plans(n, args.watcher_processes, [anyone], n), args
-        )
-    with Rotor() as rotor:
+def measure_fanout(n: int, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One round at N watchers on a fresh Rotor (`rotor serve --workers W`), each with N watchers
+    over --watcher-processes processes and one rotation by an admin; with one worker, first the
+    same on the bare fan-out server (bench/fanout_floor.py), a single process too."""
+    bare = {}
+    if workers == 1:
+        with Baseline("fanout_floor.py") as floor:
+            anyone = Credentials("floor", "-")  # the bare server checks no credentials
+            plans = watcher_plans(n, args.watcher_processes, [anyone], n)
+            bare = {
+                "bare": {
+                    k: v
+                    for k, v in fan_out(floor.address, [floor.pid], anyone, plans, args).items()
+                    if k in BARE_FIGURES
+                }
+            }
+    with Rotor(workers=workers) as rotor:
         rotor.start()
         admin = rotor.add_client("bench-admin", admin=True)
         per_client = watchers_per_client()
         clients = [rotor.add_client(f"bench-watcher-{i}") for i in range(math.ceil(n / per_client))]
         plans = watcher_plans(n, args.watcher_processes, clients, per_client)
-        figures = fan_out(rotor.address, rotor.pid, admin, plans, args)
+        figures = fan_out(rotor.address, rotor.serving_pids(), admin, plans, args)
     return {
         "watchers": n,
+        "workers": workers,
         "processes": args.watcher_processes,
         "channels_per_process": args.watcher_channels,
         "clients": len(clients),
         **figures,
-        "bare": {k: bare[k] for k in BARE_FIGURES},
+        **bare,
     }
 
 
@@ -195,12 +204,12 @@ BARE_FIGURES = ("p50_ms", "p99_ms", "cdf_ms", "bytes_per_watcher", "server_cpu_m
 
 
 def fan_out(
-    address: str, pid: int, admin: Credentials, plans: list[list[str]], args: argparse.Namespace
+    address: str, pids: list[int], admin: Credentials, plans: list[list[str]], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Open the planned watchers on the server at `address` (process `pid`), rotate once as
-    `admin`, and measure the event's way to every watcher."""
+    """Open the planned watchers on the server at `address` (served by processes `pids`), rotate
+    once as `admin`, and measure the event's way to every watcher."""
     time.sleep(args.settle)
-    rss_before = rss_bytes(pid)
+    rss_before = sum(map(rss_bytes, pids))
     scripts = [
         Script("watchers.py", f"--target={address}", f"--channels={args.watcher_channels}", *plan)
         for plan in plans
@@ -211,11 +220,11 @@ def fan_out(
             if int(failed):
                 raise HarnessError(f"{failed} watchers failed before their snapshot: {' '.join(error)}")
         time.sleep(args.settle)
-        rss_after = rss_bytes(pid)
-        server_cpu = peer.cpu_seconds(pid)
+        rss_after = sum(map(rss_bytes, pids))
+        server_cpu = sum(map(peer.cpu_seconds, pids))
         sent, answered = rotate(address, admin)
         results = [script.result(180) for script in scripts]
-        server_cpu = peer.cpu_seconds(pid) - server_cpu
+        server_cpu = sum(map(peer.cpu_seconds, pids)) - server_cpu
     finally:
         for script in scripts:
             script.stop()
@@ -249,10 +258,12 @@ def fan_out(
     }
 
 
-def median_fanout(n: int, args: argparse.Namespace) -> dict[str, Any]:
+def median_fanout(n: int, workers: int, args: argparse.Namespace) -> dict[str, Any]:
     """--fanout-rounds rotations to N watchers, each on a fresh server: the round whose p99 is the
     median, with every round's p99 beside it."""
-    rounds = sorted((measure_fanout(n, args) for _ in range(args.fanout_rounds)), key=lambda r: r["p99_ms"])
+    rounds = sorted(
+        (measure_fanout(n, workers, args) for _ in range(args.fanout_rounds)), key=lambda r: r["p99_ms"]
+    )
     chosen = rounds[len(rounds) // 2]
     return {**chosen, "rounds_p99_ms": [r["p99_ms"] for r in rounds]}
 
@@ -375,6 +386,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--watchers", default="1000,5000,10000", help="watcher counts for the fan-out")
     parser.add_argument("--watcher-processes", type=int, default=4)
     parser.add_argument(
+        "--fanout-workers", default="1,2", help="`rotor serve --workers` counts for the fan-out"
+    )
+    parser.add_argument(
         "--fanout-rounds", type=int, default=3, help="rotations per watcher count; the median p99 counts"
     )
     parser.add_argument("--watcher-channels", type=int, default=4, help="connections per watcher process")
@@ -449,7 +463,9 @@ def main() -> int:
             rounds=args.peer_rounds,
             warmup=args.warmup,
         ),
-        "fanout": lambda: [median_fanout(n, args) for n in numbers(args.watchers)],
+        "fanout": lambda: [
+            median_fanout(n, w, args) for w in numbers(args.fanout_workers) for n in numbers(args.watchers)
+        ],
         "verify": lambda: measure_verify(args),
         "startup": lambda: measure_startup(args),
         "workers": lambda: measure_workers(args),
