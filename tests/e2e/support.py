@@ -28,6 +28,7 @@ import pytest
 import rotor_client
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from host import free_port
 
 BIN = pathlib.Path(sys.executable).parent
 ROTOR = shutil.which("rotor", path=str(BIN)) or shutil.which("rotor")
@@ -84,12 +85,6 @@ def env_with_bin(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def to_toml(config: dict[str, Any]) -> str:
