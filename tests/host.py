@@ -1,4 +1,5 @@
-"""What the tests share with every other process on the machine: loopback ports.
+"""What the tests share with every other process on the machine: loopback ports, and things that
+only one process may use at a time (the dev server's fixed port, an `npm ci` in the checkout).
 
 `make test` runs the suite over several pytest-xdist workers, and other checkouts may run theirs
 at the same time, so neither may assume it is alone.
@@ -8,14 +9,21 @@ range, from which every other bind to port 0 (any in-process server on 127.0.0.1
 worker) draws too: one can take the port before the process it was meant for binds it. So the
 ports come from below the ephemeral range instead, a block per xdist worker, each handed out once
 per session and only when nothing holds it.
+
+`exclusive(name)`: an flock on a file in the temporary directory, held for the block, waited for
+with a deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import os
 import random
 import socket
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,3 +72,23 @@ def free_port() -> int:
                 continue  # held, or in TIME_WAIT: try the next
             return int(s.getsockname()[1])
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def exclusive(name: str, timeout: float = 600.0) -> Iterator[None]:
+    """Holds the machine-wide lock `name` for the block; fails after `timeout` seconds of waiting."""
+    path = Path(tempfile.gettempdir()) / f"rotor-tests-{name}.lock"
+    with open(path, "a") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{path} still held by another test after {timeout:.0f}s") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
