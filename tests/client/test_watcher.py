@@ -7,7 +7,6 @@ Tokens are issued by the server and verified locally by a Verifier on the watche
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +29,7 @@ from api.support import (
     states,
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from host import free_port
 from rotor.app import RotorServer
 from rotor.config import Config
 from rotor.v1 import keys_pb2
@@ -79,13 +79,6 @@ def verifies(verifier: Verifier, token: str) -> bool:
 
 def verifier_for(watcher: Any) -> Verifier:
     return Verifier(watcher, issuer=ISSUER, audience=AUDIENCE)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def foreign_token(kid: str = "not-a-rotor-key") -> str:

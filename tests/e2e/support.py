@@ -28,6 +28,7 @@ import pytest
 import rotor_client
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from host import exclusive, free_port
 
 BIN = pathlib.Path(sys.executable).parent
 ROTOR = shutil.which("rotor", path=str(BIN)) or shutil.which("rotor")
@@ -84,12 +85,6 @@ def env_with_bin(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def to_toml(config: dict[str, Any]) -> str:
@@ -265,7 +260,10 @@ def assert_dev_port_free() -> None:
 
 
 class DevServer:
-    """`rotor serve --dev` in `workdir` (so ./data is private), with its banner parsed."""
+    """`rotor serve --dev` in `workdir` (so ./data is private), with its banner parsed.
+
+    Its ports are fixed, so from start to stop it holds a machine-wide lock: a dev server of another
+    xdist worker (or of another checkout's tests) waits for this one to stop."""
 
     GRPCURL = re.compile(r"^\s*(grpcurl .*)$", re.M)
     SECRET = re.compile(r"client_secret:\s*(\S+)")
@@ -276,8 +274,10 @@ class DevServer:
         self.log_path = workdir / "dev-server.log"
         self.banner = ""
         self.proc: subprocess.Popen[str] | None = None
+        self._port_lock = contextlib.ExitStack()
 
     def start(self, timeout: float = 30.0) -> DevServer:
+        self._port_lock.enter_context(exclusive(f"dev-server-{DEV_ADDRESS[1]}"))
         assert_dev_port_free()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -352,23 +352,25 @@ class DevServer:
             return ""
 
     def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("rotor serve --dev ignored SIGTERM for 30 s") from None
+        with self._port_lock:  # released once the process is gone
+            if self.proc is None or self.proc.poll() is not None:
+                return None if self.proc is None else self.proc.returncode
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("rotor serve --dev ignored SIGTERM for 30 s") from None
 
     def __enter__(self) -> DevServer:
         try:
             return self.start()
         except BaseException:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
+            with self._port_lock:
+                if self.proc is not None and self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait()
             raise
 
     def __exit__(self, *exc: object) -> None:

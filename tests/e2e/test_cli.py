@@ -94,7 +94,9 @@ def test_a_client_added_by_the_cli_works_at_once_on_a_running_server(make_server
 
 
 def test_keys_list_rotate_and_revoke_as_an_admin(make_server: MakeServer) -> None:
-    server = make_server()
+    # the pending key must still be pending when the immediate rotation supersedes it, however long
+    # the CLI calls in between take on a loaded machine: a publish lead far longer than the test
+    server = make_server({"keys": {"publish_lead": "10m"}})
     admin = server.add_client("ops", "--admin")
 
     (first,) = json.loads(ok(keys_cmd(server, admin, "list", "--json")))

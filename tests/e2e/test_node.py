@@ -12,6 +12,7 @@ package-lock.json), from the committed lockfile. Without node or npm the tests s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -29,6 +30,7 @@ from typing import Any
 
 import pytest
 import rotor_client
+from host import exclusive
 
 from .support import ISSUER, RotorProcess, basic
 
@@ -53,15 +55,17 @@ def node() -> str:
     node, npm = node_tools()
     installed = NODE_DIR / "node_modules" / ".package-lock.json"  # npm writes it at each install
     lockfile = NODE_DIR / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lockfile.stat().st_mtime:
-        done = subprocess.run(  # no install scripts: none of the dependencies needs one
-            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, f"npm ci failed in {NODE_DIR}:\n{done.stdout}\n{done.stderr}"
+    # one npm ci at a time in this checkout: it empties node_modules first
+    with exclusive(f"npm-ci-{hashlib.sha256(str(NODE_DIR).encode()).hexdigest()[:12]}"):
+        if not installed.exists() or installed.stat().st_mtime < lockfile.stat().st_mtime:
+            done = subprocess.run(  # no install scripts: none of the dependencies needs one
+                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+                cwd=NODE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert done.returncode == 0, f"npm ci failed in {NODE_DIR}:\n{done.stdout}\n{done.stderr}"
     return node
 
 
