@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -28,11 +30,11 @@ async def noop(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> by
     return RESPONSE
 
 
-async def serve() -> None:
+async def serve(handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
+    """Serve `handlers` on a free loopback port with Rotor's options; print the port, then serve
+    until SIGTERM or SIGINT. (bench/fanout_floor.py serves its own this way.)"""
     server = aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {"Noop": grpc.unary_unary_rpc_method_handler(noop)}),)
-    )
+    server.add_generic_rpc_handlers(handlers)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     stopping = asyncio.Event()
@@ -40,8 +42,16 @@ async def serve() -> None:
         asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
     print(port, flush=True)
     await stopping.wait()
-    await server.stop(1)
+    await server.stop(0)
 
 
 if __name__ == "__main__":
-    loop.run(serve())
+    loop.run(
+        serve(
+            [
+                grpc.method_handlers_generic_handler(
+                    SERVICE, {"Noop": grpc.unary_unary_rpc_method_handler(noop)}
+                )
+            ]
+        )
+    )

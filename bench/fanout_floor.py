@@ -14,14 +14,13 @@ drive Rotor, so the two fan-out figures compare like with like.
 from __future__ import annotations
 
 import asyncio
-import signal
 from typing import Any
 
+import baseline
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from rotor import loop
-from rotor.app import GRPC_OPTIONS
 from rotor_client import KeyEvent, KeyEventType
 
 
@@ -57,33 +56,21 @@ class Fanout:
         return b""
 
 
-async def serve() -> None:
-    fanout = Fanout()
-    server = aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "rotor.v1.TokenService",
-                {"WatchKeyRotations": grpc.unary_stream_rpc_method_handler(fanout.watch)},
-            ),
-            grpc.method_handlers_generic_handler(
-                "rotor.v1.KeyAdmin",
-                {
-                    "RotateKeys": grpc.unary_unary_rpc_method_handler(fanout.rotate),
-                    "ListKeys": grpc.unary_unary_rpc_method_handler(fanout.list_keys),
-                },
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
-    print(port, flush=True)
-    await stopping.wait()
-    await server.stop(0)
+def handlers(fanout: Fanout) -> list[grpc.GenericRpcHandler[Any, Any]]:
+    return [
+        grpc.method_handlers_generic_handler(
+            "rotor.v1.TokenService",
+            {"WatchKeyRotations": grpc.unary_stream_rpc_method_handler(fanout.watch)},
+        ),
+        grpc.method_handlers_generic_handler(
+            "rotor.v1.KeyAdmin",
+            {
+                "RotateKeys": grpc.unary_unary_rpc_method_handler(fanout.rotate),
+                "ListKeys": grpc.unary_unary_rpc_method_handler(fanout.list_keys),
+            },
+        ),
+    ]
 
 
 if __name__ == "__main__":
-    loop.run(serve())
+    loop.run(baseline.serve(handlers(Fanout())))
