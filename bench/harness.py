@@ -311,10 +311,6 @@ class Rotor:
         assert self.proc is not None, "started"
         return self.proc.pid
 
-    def rss(self) -> int:
-        assert self.proc is not None and self.workers == 1, "one process to measure"
-        return rss_bytes(self.proc.pid)
-
     def serving_pids(self) -> list[int]:
         """The processes that serve calls: this one, or with --workers N its N workers."""
         if self.workers == 1:
