@@ -46,7 +46,7 @@ async def rotor_cli(
     """(exit status, stdout, stderr) of `rotor ARGV... --client-id --client-secret`."""
     capsys.readouterr()
     code = await asyncio.to_thread(
-        run_main, [*argv, "--client-id", admin.client_id, "--client-secret", admin.secret]
+        run_main, [*argv, "--client-id", admin.client_id, f"--client-secret={admin.secret}"]
     )
     out, err = capsys.readouterr()
     assert "Traceback" not in err, err

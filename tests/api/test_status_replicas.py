@@ -91,7 +91,7 @@ def run_main(argv: list[str]) -> int:
 async def rotor_cli(capsys: pytest.CaptureFixture[str], admin: Credentials, *argv: str) -> tuple[int, str]:
     capsys.readouterr()
     code = await asyncio.to_thread(
-        run_main, [*argv, "--client-id", admin.client_id, "--client-secret", admin.secret]
+        run_main, [*argv, "--client-id", admin.client_id, f"--client-secret={admin.secret}"]
     )
     out, err = capsys.readouterr()
     assert "Traceback" not in err, err

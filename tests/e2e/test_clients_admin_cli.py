@@ -42,8 +42,7 @@ def clients(
         server.address,
         "--client-id",
         admin["client_id"],
-        "--client-secret",
-        admin["client_secret"],
+        f"--client-secret={admin['client_secret']}",
         cwd=server.workdir,
     )
 

@@ -14,6 +14,7 @@ from rotor.core.clients import (
     ClientExists,
     Registration,
     hash_secret,
+    new_secret,
     register_client,
     reset_secret,
     set_disabled,
@@ -205,3 +206,10 @@ async def test_reset_secret_stops_the_old_one_at_once(
     with pytest.raises(InvalidClient):
         await auth.authenticate("svc-a", registered.secret)
     assert (await auth.authenticate("svc-a", fresh)).client_id == "svc-a"
+
+
+def test_a_new_secret_is_256_random_bits_and_never_reads_as_a_command_line_option() -> None:
+    made = {new_secret() for _ in range(3000)}  # about 47 of them would start with "-" by chance
+    assert len(made) == 3000
+    assert all(len(s) == 43 and not s.startswith("-") for s in made)
+    assert {s[0] for s in made} >= {"_", "A", "z", "0"}, "the first character is still random"

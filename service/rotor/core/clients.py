@@ -55,8 +55,12 @@ log = logging.getLogger("rotor.clients")
 
 
 def new_secret() -> str:
-    """A fresh client secret: 256 random bits, base64url."""
-    return secrets.token_urlsafe(32)
+    """A fresh client secret: 256 random bits, URL-safe base64. Never one that starts with "-",
+    which a command line would take for an option (`--client-secret -x...`)."""
+    while True:
+        secret = secrets.token_urlsafe(32)
+        if not secret.startswith("-"):
+            return secret
 
 
 def hash_secret(secret: str) -> str:
