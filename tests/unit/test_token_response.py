@@ -1,14 +1,31 @@
-"""The TokenResponse Issue and Refresh write by hand is the message convert.token_response builds."""
+"""The TokenResponse Issue and Refresh write by hand is the message protobuf would encode."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from rotor.api.convert import token_response, token_response_bytes
+from rotor.api.convert import timestamp, token_response_bytes
 from rotor.core.tokens import IssuedTokens
+from rotor.v1 import token_service_pb2
 
 TEXT = st.text(max_size=300)
+
+
+def token_response(t: IssuedTokens) -> token_service_pb2.TokenResponse:
+    """The message, built field by field: what the hand-written bytes must equal once encoded."""
+    msg = token_service_pb2.TokenResponse(
+        access_token=t.access_token,
+        token_type="Bearer",
+        expires_at=timestamp(t.expires_at),
+        refresh_token=t.refresh_token,
+        scope=list(t.scopes),
+        audience=list(t.audiences),
+        key_id=t.key_id,
+    )
+    if t.refresh_expires_at is not None:
+        msg.refresh_expires_at.CopyFrom(timestamp(t.refresh_expires_at))
+    return msg
 
 
 def issued(**changes: object) -> IssuedTokens:

@@ -169,8 +169,9 @@ class TokenServicer:
         tenant = self._keys.check_tenant(validation.identifier(request.tenant, "tenant"))
         client = await self._auth.optional(context)
         name = _watcher_name(context.invocation_metadata())
-        holder = self._limits.take(client, context.peer())
-        seen = self._watchers.add(name, context.peer(), tenant, self._clock.now())
+        peer = context.peer()
+        holder = self._limits.take(client, peer)
+        seen = self._watchers.add(name, peer, tenant, self._clock.now())
         sub = self._hub.subscribe(tenant)  # before reading: nothing committed from now on is missed
         stream = self._streams.open(sub)
         try:
